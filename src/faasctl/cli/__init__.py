@@ -1,0 +1,1 @@
+"""The ``faasctl`` command line: thin typer commands over the library."""

@@ -1,0 +1,136 @@
+"""``faasctl fit``: scan a pallet."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from faasctl.cli import options
+
+app = typer.Typer()
+console = Console()
+
+EXIT_HELP = "Exit status: 0 every patch fitted; 1 some patches failed (recorded with their error); 2 bad input."
+
+
+@app.command(epilog=EXIT_HELP)
+def fit(
+    pallet: options.Pallet,
+    site: Annotated[str, typer.Option(help="Where to fit: 'local' runs the embedded engine on this machine.")] = "local",
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Local worker processes [default: number of cores].")] = None,
+    backend: Annotated[str, typer.Option(help="numpy (plain pyhf, the reference), jax (compiled, fast) or auto.")] = "numpy",
+    patch: Annotated[Optional[List[str]], typer.Option("--patch", "-p", help="Fit only this patch (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results folder [default: ./results/<pallet>].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Refit patches already in --out instead of resuming.")] = False,
+    region: options.Region = None,
+    ignore_digest: options.IgnoreDigest = False,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds one patch may take before it is recorded as failed.")] = None,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw exclusion.png in --out.")] = True,
+) -> None:
+    """Fit every signal patch of a pallet: one CLs hypothesis test per patch.
+
+    Each patch gets pyhf's hypotest(mu=1, test_stat="qtilde") with normsys code4 and histosys
+    code4p, as in the published study. Results are written to --out as each patch finishes
+    (results.json, results.csv); a rerun with the same --out resumes where it stopped.
+
+    Examples:
+
+      faasctl fit examples/simple
+
+      faasctl fit ../shared/pallets/1Lbb --patch C1N2_Wh_hbb_1000_0 --workers 2
+
+      faasctl fit SUSY-2018-04_likelihoods.tar.gz --region Region-combined --backend jax
+    """
+    from faasctl.backends import BACKENDS
+    from faasctl.engine import local_executor
+    from faasctl.exceptions import FaasctlError, SiteConfigError
+    from faasctl.pallet import load_pallet
+    from faasctl.results import ResultStore
+    from faasctl.scan import pallet_record, plan, run_scan
+
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"{backend!r} is not one of {', '.join(BACKENDS)}", param_hint="--backend")
+    if site != "local":
+        raise SiteConfigError(f"site {site!r}: only 'local' can fit from this command in this version")
+
+    with console.status(f"Reading {pallet} …"):
+        loaded = load_pallet(pallet, region=region, ignore_digest=ignore_digest)
+    out = out or Path("results") / (_pallet_stem(pallet) + (f"-{loaded.region}" if loaded.region else ""))
+    store = ResultStore(out, pallet_record(loaded), force=force)
+    todo = plan(loaded, store, patch)
+    if todo.skipped:
+        console.print(f"Resuming: {len(todo.skipped)} patches already in {store.json_path}, {len(todo.todo)} to fit.")
+
+    workers = workers or os.cpu_count() or 1
+    start = time.perf_counter()
+    if todo.todo:
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("[red]{task.fields[failed]}"), console=console, transient=False,
+        ) as progress:
+            bar = progress.add_task(f"Fitting on {workers} local workers", total=len(todo.todo), rate="", failed="")
+            progress.update(bar, description="Starting workers")
+            failed = 0
+            with local_executor(workers) as executor:
+                progress.update(bar, description=f"Fitting ({backend}, {workers} workers)")
+                for i, result in enumerate(run_scan(loaded, todo.todo, store, executor, backend=backend, timeout=timeout), 1):
+                    failed += not result.ok
+                    elapsed = time.perf_counter() - start
+                    progress.update(bar, advance=1, rate=f"{i / elapsed:.2f} patch/s",
+                                    failed=f"{failed} failed" if failed else "")
+    wall = time.perf_counter() - start
+
+    selected = {p.name for p in loaded.select(patch)}
+    results = [r for r in store.results.values() if r.patch in selected]
+    _print_table(results, loaded.labels)
+    n_ok = sum(r.ok for r in results)
+    n_failed = len(results) - n_ok
+    console.print(
+        f"{n_ok} fitted, {n_failed} failed in {wall:.1f} s → {store.json_path}, {store.csv_path}",
+        highlight=False,
+    )
+    if plot:
+        from faasctl.plot import exclusion_plot
+
+        png = exclusion_plot(list(store.results.values()), loaded.labels, out / "exclusion.png", title=_pallet_stem(pallet))
+        if png:
+            console.print(f"Exclusion plot → {png}")
+    if n_failed:
+        for r in results:
+            if not r.ok:
+                console.print(f"[red]failed[/] {r.patch}: {r.error}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _pallet_stem(path: Path) -> str:
+    name = path.resolve().name
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def _print_table(results: list, labels: list[str], limit: int = 40) -> None:
+    table = Table(title=None if len(results) <= limit else f"first {limit} of {len(results)} patches (all in results.csv)")
+    table.add_column("patch")
+    for label in labels:
+        table.add_column(label, justify="right")
+    table.add_column("CLs obs", justify="right")
+    table.add_column("CLs exp (-2σ … +2σ)", justify="right")
+    table.add_column("fit s", justify="right")
+    for r in sorted(results, key=lambda r: r.values)[:limit]:
+        values = [f"{v:g}" for v in r.values[: len(labels)]]
+        values += [""] * (len(labels) - len(values))
+        if r.ok:
+            exp = " ".join(f"{v:.4g}" for v in r.cls_exp or [])
+            table.add_row(r.patch, *values, f"{r.cls_obs:.4g}", exp, f"{r.fit_time:.2f}")
+        else:
+            table.add_row(r.patch, *values, "[red]failed", r.error or "", "")
+    console.print(table)

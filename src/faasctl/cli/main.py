@@ -1,0 +1,62 @@
+"""Entry point: joins one typer app per topic, and turns faasctl errors into exit codes.
+
+Each ``faasctl.cli.<topic>`` module owns a ``typer.Typer()``; this file only adds them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from faasctl import __version__
+from faasctl.cli import fit
+from faasctl.exceptions import FaasctlError
+
+err_console = Console(stderr=True)
+
+
+class _Group(TyperGroup):
+    """Prints a `FaasctlError` as one line and exits with its code, with no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FaasctlError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise click.exceptions.Exit(err.exit_code) from err
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="faasctl",
+    help=(
+        "Fitting as a service for HEP facilities: scan pyhf pallets on local workers, Slurm/PBS/"
+        "Kubernetes sites and Globus Compute (formerly funcX) endpoints, and run those endpoints.\n\n"
+        "Start with: faasctl fit examples/simple"
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"faasctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (parsl, fits) to stderr."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+app.add_typer(fit.app)

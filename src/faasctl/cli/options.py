@@ -1,0 +1,25 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Pallet = Annotated[
+    Path,
+    typer.Argument(
+        help="A folder with BkgOnly.json + patchset.json (plain or .gz), or the .tar.gz as downloaded from HEPData.",
+        show_default=False,
+    ),
+]
+Region = Annotated[
+    Optional[str],
+    typer.Option("--region", "-r", help="The region (sub-folder) to use when the pallet holds several."),
+]
+IgnoreDigest = Annotated[
+    bool,
+    typer.Option("--ignore-digest", help="Fit even if the patchset was made for a different background (digest mismatch)."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

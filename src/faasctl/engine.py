@@ -1,0 +1,100 @@
+"""Executors that run fits: the embedded local engine and direct-mode site engines.
+
+Both are parsl ``HighThroughputExecutor`` s, the engine under Globus Compute (funcX)
+endpoints, driven by a private parsl DataFlowKernel and wrapped as a plain
+`concurrent.futures.Executor` so `faasctl.client.FitClient` treats them like Globus
+Compute's own ``Executor``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+__all__ = ["ParslExecutor", "local_executor", "WORKER_ENV"]
+
+log = logging.getLogger(__name__)
+
+#: One thread per worker process: the workers already use every core.
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
+
+
+def worker_init_exports(extra: dict[str, str] | None = None) -> str:
+    env = {**WORKER_ENV, **(extra or {})}
+    return "; ".join(f"export {k}='{v}'" for k, v in env.items())
+
+
+class ParslExecutor(cf.Executor):
+    """A parsl DataFlowKernel seen as a `concurrent.futures.Executor`.
+
+    Args:
+        config: a ``parsl.Config``; its first executor runs the tasks.
+    """
+
+    def __init__(self, config: Any) -> None:
+        from parsl.dataflow.dflow import DataFlowKernel
+
+        self.dfk = DataFlowKernel(config)
+        self.label = config.executors[0].label
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        return self.dfk.submit(
+            fn, app_args=args, executors=[self.label], cache=False, ignore_for_cache=None, app_kwargs=kwargs
+        )
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.dfk.cleanup()
+
+
+def _quiet_parsl() -> None:
+    # parsl logs every task at INFO; keep the terminal for the progress bar.
+    for name in ("parsl", "globus_compute_endpoint"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def local_executor(workers: int | None = None, *, run_dir: str | Path | None = None, retries: int = 0) -> Iterator[ParslExecutor]:
+    """The embedded default engine: ``workers`` local processes behind parsl's HTEX on loopback.
+
+    Args:
+        workers: worker processes (default: the number of cores).
+        run_dir: where parsl keeps its logs (default: a temporary folder, removed after).
+        retries: parsl-level retries of failed tasks (the client retries lost tasks itself).
+    """
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    _quiet_parsl()
+    workers = workers or os.cpu_count() or 1
+    with contextlib.ExitStack() as stack:
+        if run_dir is None:
+            run_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="faasctl-parsl-"))
+        htex = HighThroughputExecutor(
+            label="faasctl-local",
+            address="127.0.0.1",
+            loopback_address="127.0.0.1",
+            max_workers_per_node=workers,
+            heartbeat_period=2,
+            heartbeat_threshold=10,
+            provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=worker_init_exports()),
+        )
+        config = Config(
+            executors=[htex], run_dir=str(run_dir), retries=retries, strategy="none",
+            initialize_logging=False, usage_tracking=0,
+        )
+        executor = ParslExecutor(config)
+        try:
+            yield executor
+        finally:
+            executor.shutdown()

@@ -1,0 +1,86 @@
+"""One error hierarchy for faasctl.
+
+Each error carries the exit status the CLI returns for it. Only ``faasctl.cli.main``
+turns errors into exits; library code raises.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "FaasctlError",
+    "PalletError",
+    "PatchError",
+    "SiteConfigError",
+    "RenderError",
+    "ImageBuildError",
+    "DeployError",
+    "ScanError",
+    "EndpointUnhealthy",
+    "MissingExtra",
+]
+
+
+class FaasctlError(Exception):
+    """Base class: every error faasctl raises on purpose derives from it."""
+
+    exit_code: int = 1
+
+
+class PalletError(FaasctlError):
+    """Raised when a pallet (background workspace + patches) cannot be read or is invalid.
+
+    Bad input: the CLI exits with status 2, like a usage error.
+    """
+
+    exit_code = 2
+
+
+class PatchError(PalletError):
+    """Raised when a patch is unknown or does not apply to the background workspace."""
+
+
+class SiteConfigError(FaasctlError):
+    """Raised when a site record or an override of it is invalid."""
+
+    exit_code = 2
+
+
+class RenderError(FaasctlError):
+    """Raised when a rendered endpoint config is refused by Globus Compute's own loader."""
+
+    exit_code = 2
+
+
+class ImageBuildError(FaasctlError):
+    """Raised when a worker image cannot be built (no engine, failed step)."""
+
+    exit_code = os.EX_UNAVAILABLE
+
+
+class DeployError(FaasctlError):
+    """Raised when deploying, querying or tearing down an endpoint fails."""
+
+    exit_code = os.EX_UNAVAILABLE
+
+
+class ScanError(FaasctlError):
+    """Raised when a scan cannot go on (results folder belongs to another pallet, engine failed)."""
+
+    exit_code = os.EX_SOFTWARE
+
+
+class EndpointUnhealthy(FaasctlError):
+    """Raised when health-check fits fail, time out or disagree with the reference values."""
+
+    exit_code = 1
+
+
+class MissingExtra(FaasctlError):
+    """Raised when an optional dependency is missing; the message names the pip extra."""
+
+    exit_code = 2
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(f"{module} is not installed: pip install 'faasctl[{extra}]'")

@@ -1,0 +1,73 @@
+"""The exclusion plot: CLs over the two mass parameters, with the CLs = 0.05 contours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from faasctl.results import PatchResult
+
+__all__ = ["exclusion_plot"]
+
+
+def exclusion_plot(results: Sequence[PatchResult], labels: Sequence[str], path: str | Path, *, title: str = "") -> Path | None:
+    """Draw CLs_obs per point and the observed / expected (±1σ band) CLs = 0.05 contours.
+
+    Points are the patches' first two ``values``. Contours need at least three points that
+    are not on a line; with fewer only the points are drawn. Returns None when there are no
+    two-dimensional points to draw.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.tri as mtri
+    import numpy as np
+
+    ok = [r for r in results if r.ok and len(r.values) >= 2 and r.cls_exp]
+    if not ok:
+        return None
+    x = np.array([r.values[0] for r in ok])
+    y = np.array([r.values[1] for r in ok])
+    obs = np.array([r.cls_obs for r in ok])
+    exp = np.array([r.cls_exp for r in ok])
+
+    fig, ax = plt.subplots(figsize=(7, 5.5), layout="constrained")
+    sc = ax.scatter(x, y, c=obs, cmap="viridis_r", norm=matplotlib.colors.LogNorm(vmin=max(obs.min(), 1e-6), vmax=1),
+                    s=28, edgecolors="k", linewidths=0.3, zorder=3)
+    fig.colorbar(sc, ax=ax, label=r"$\mathrm{CL}_s$ observed")
+    try:
+        tri = mtri.Triangulation(x, y)
+        # tricontour needs values on both sides of the level; matplotlib warns otherwise.
+        def contour(z: np.ndarray, **kw: object) -> None:
+            if z.min() < 0.05 < z.max():
+                ax.tricontour(tri, z, levels=[0.05], **kw)
+
+        # ±1σ band: excluded by the -1σ expectation but not by the +1σ one
+        if exp[:, 1].min() < 0.05:
+            ax.tricontourf(tri, exp[:, 1], levels=[0, 0.05], colors=["gold"], alpha=0.5, zorder=1)
+        if exp[:, 3].min() < 0.05:
+            ax.tricontourf(tri, exp[:, 3], levels=[0, 0.05], colors=["white"], zorder=1.5)
+        contour(exp[:, 2], colors="k", linestyles="--", linewidths=1.5)
+        contour(obs, colors="firebrick", linewidths=2)
+    except (ValueError, RuntimeError):
+        pass  # too few or collinear points for contours: the points alone are drawn
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch as Box
+
+    ax.legend(
+        handles=[
+            Line2D([], [], color="firebrick", lw=2, label=r"Observed $\mathrm{CL}_s=0.05$"),
+            Line2D([], [], color="k", ls="--", lw=1.5, label=r"Expected $\mathrm{CL}_s=0.05$"),
+            Box(facecolor="gold", alpha=0.5, label=r"Expected $\pm1\sigma$"),
+        ],
+        loc="upper left", frameon=False,
+    )
+    ax.set_xlabel(labels[0] if len(labels) > 0 else "value 0")
+    ax.set_ylabel(labels[1] if len(labels) > 1 else "value 1")
+    ax.set_title(title or f"{len(ok)} points")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

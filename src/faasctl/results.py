@@ -1,0 +1,129 @@
+"""Scan results: one record per patch, written to disk as each arrives.
+
+``results.json`` is the source of truth; it is rewritten atomically (temp file + rename)
+after every result, so a killed scan loses nothing it finished and never leaves a torn
+file. ``results.csv`` is the same table for spreadsheets. A rerun with the same output
+folder skips the patches already fitted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from faasctl.exceptions import ScanError
+
+__all__ = ["PatchResult", "ResultStore", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = "1.0.0"
+EXPECTED_KEYS = ("cls_exp_m2", "cls_exp_m1", "cls_exp", "cls_exp_p1", "cls_exp_p2")
+
+
+class PatchResult(BaseModel):
+    """The outcome of one patch's hypothesis test."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    patch: str
+    values: list[float] = Field(default_factory=list)
+    status: Literal["ok", "failed"]
+    cls_obs: float | None = None
+    cls_exp: list[float] | None = Field(default=None, description="CLs_exp at -2, -1, 0, +1, +2 sigma")
+    error: str | None = None
+    fit_time: float | None = Field(default=None, description="seconds spent in the fit on the worker")
+    worker: str | None = None
+    backend: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultStore:
+    """The results of one pallet's scan in ``out_dir``.
+
+    Args:
+        out_dir: folder for ``results.json`` / ``results.csv`` (created on first write).
+        pallet: ``{"source", "digest", "labels", "region"}`` of the pallet scanned.
+        force: drop earlier results instead of resuming from them.
+
+    Raises:
+        ScanError: ``out_dir`` holds results of another pallet (a different digest).
+    """
+
+    def __init__(self, out_dir: str | Path, pallet: dict[str, Any], *, force: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        self.json_path = self.out_dir / "results.json"
+        self.csv_path = self.out_dir / "results.csv"
+        self.pallet = pallet
+        self.results: dict[str, PatchResult] = {}
+        if self.json_path.exists() and not force:
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            doc = json.loads(self.json_path.read_text())
+            found = doc["pallet"]["digest"]
+            records = [PatchResult.model_validate(r) for r in doc["results"]]
+        except (OSError, ValueError, KeyError, TypeError, ValidationError) as err:
+            raise ScanError(f"{self.json_path}: unreadable results file ({err}); use --force to start over") from err
+        if found != self.pallet["digest"] or doc["pallet"].get("region") != self.pallet.get("region"):
+            raise ScanError(
+                f"{self.json_path}: holds results of another pallet (digest {found[:12]}…); "
+                "use another --out, or --force to replace them"
+            )
+        self.results = {r.patch: r for r in records}
+
+    def done(self) -> set[str]:
+        """Names of patches with a successful result (failed ones are fitted again)."""
+        return {name for name, r in self.results.items() if r.ok}
+
+    def add(self, result: PatchResult) -> None:
+        self.results[result.patch] = result
+        self.flush()
+
+    def flush(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "schema": f"faasctl/results/{SCHEMA_VERSION}",
+            "pallet": self.pallet,
+            "results": [r.model_dump() for r in self.results.values()],
+        }
+        _atomic_write(self.json_path, json.dumps(doc, indent=1) + "\n")
+        _atomic_write(self.csv_path, to_csv(self.results.values(), self.pallet.get("labels") or []))
+
+
+def to_csv(results: Iterable[PatchResult], labels: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    results = list(results)
+    n_values = max((len(r.values) for r in results), default=len(labels))
+    value_cols = [labels[i] if i < len(labels) else f"value{i}" for i in range(n_values)]
+    writer.writerow(["patch", *value_cols, "status", "cls_obs", *EXPECTED_KEYS, "fit_time", "worker", "backend", "error"])
+    for r in results:
+        exp = r.cls_exp or [None] * 5
+        writer.writerow(
+            [r.patch, *r.values, r.status, r.cls_obs, *exp, None if r.fit_time is None else round(r.fit_time, 4),
+             r.worker, r.backend, r.error]
+        )
+    return buf.getvalue()
