@@ -7,11 +7,16 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from jsonpatch import JsonPatchException
+from jsonpointer import JsonPointerException
+
 from faasctl.client import FitClient
+from faasctl.exceptions import PatchError
 from faasctl.pallet import Pallet, Patch
+from faasctl.patching import apply_patch_shared
 from faasctl.results import PatchResult, ResultStore
 
-__all__ = ["plan", "run_scan", "pallet_record"]
+__all__ = ["check_patches", "plan", "run_scan", "pallet_record"]
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +32,27 @@ class Plan:
     skipped: list[str]
 
 
+def check_patches(pallet: Pallet, patches: Sequence[Patch]) -> None:
+    """Fail fast, before anything is submitted or written, if a patch does not apply.
+
+    Raises:
+        PatchError: naming the patch, the patchset file and the failing operation.
+    """
+    for patch in patches:
+        try:
+            apply_patch_shared(pallet.background, patch.operations)
+        except (JsonPatchException, JsonPointerException) as err:
+            raise PatchError(f"{pallet.patchset_file}: patch {patch.name!r} does not apply to the background: {err}") from err
+
+
 def plan(pallet: Pallet, store: ResultStore, names: Sequence[str] | None = None) -> Plan:
-    """The patches still to fit: the selection minus those ``store`` already holds."""
+    """The patches still to fit: the selection minus those ``store`` already holds.
+
+    Raises:
+        PatchError: a name is unknown or a selected patch does not apply.
+    """
     selected = pallet.select(names)
+    check_patches(pallet, selected)
     done = store.done()
     return Plan([p for p in selected if p.name not in done], [p.name for p in selected if p.name in done])
 

@@ -24,10 +24,10 @@ EXIT_HELP = "Exit status: 0 every patch fitted; 1 some patches failed (recorded 
 def fit(
     pallet: options.Pallet,
     site: Annotated[str, typer.Option(help="Where to fit: 'local' runs the embedded engine on this machine.")] = "local",
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Local worker processes [default: number of cores].")] = None,
-    backend: Annotated[str, typer.Option(help="numpy (plain pyhf, the reference), jax (compiled, fast) or auto.")] = "numpy",
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Local worker processes \\[default: number of cores].")] = None,
+    backend: options.Backend = options.BackendName.numpy,
     patch: Annotated[Optional[List[str]], typer.Option("--patch", "-p", help="Fit only this patch (repeatable).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results folder [default: ./results/<pallet>].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results folder \\[default: ./results/<pallet>].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Refit patches already in --out instead of resuming.")] = False,
     region: options.Region = None,
     ignore_digest: options.IgnoreDigest = False,
@@ -48,15 +48,12 @@ def fit(
 
       faasctl fit SUSY-2018-04_likelihoods.tar.gz --region Region-combined --backend jax
     """
-    from faasctl.backends import BACKENDS
     from faasctl.engine import local_executor
     from faasctl.exceptions import FaasctlError, SiteConfigError
     from faasctl.pallet import load_pallet
     from faasctl.results import ResultStore
     from faasctl.scan import pallet_record, plan, run_scan
 
-    if backend not in BACKENDS:
-        raise typer.BadParameter(f"{backend!r} is not one of {', '.join(BACKENDS)}", param_hint="--backend")
     if site != "local":
         raise SiteConfigError(f"site {site!r}: only 'local' can fit from this command in this version")
 
@@ -79,13 +76,20 @@ def fit(
             bar = progress.add_task(f"Fitting on {workers} local workers", total=len(todo.todo), rate="", failed="")
             progress.update(bar, description="Starting workers")
             failed = 0
-            with local_executor(workers) as executor:
-                progress.update(bar, description=f"Fitting ({backend}, {workers} workers)")
-                for i, result in enumerate(run_scan(loaded, todo.todo, store, executor, backend=backend, timeout=timeout), 1):
-                    failed += not result.ok
-                    elapsed = time.perf_counter() - start
-                    progress.update(bar, advance=1, rate=f"{i / elapsed:.2f} patch/s",
-                                    failed=f"{failed} failed" if failed else "")
+            try:
+                with local_executor(workers) as executor:
+                    progress.update(bar, description=f"Fitting ({backend.value}, {workers} workers)")
+                    results = run_scan(loaded, todo.todo, store, executor, backend=backend.value, timeout=timeout)
+                    for i, result in enumerate(results, 1):
+                        failed += not result.ok
+                        elapsed = time.perf_counter() - start
+                        progress.update(bar, advance=1, rate=f"{i / elapsed:.2f} patch/s",
+                                        failed=f"{failed} failed" if failed else "")
+            except KeyboardInterrupt:
+                progress.stop()
+                console.print(f"Interrupted: {len(store.done())} results are safe in {store.json_path}; "
+                              "run the same command again to resume.")
+                raise typer.Exit(130) from None
     wall = time.perf_counter() - start
 
     selected = {p.name for p in loaded.select(patch)}

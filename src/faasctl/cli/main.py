@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -23,12 +22,12 @@ err_console = Console(stderr=True)
 class _Group(TyperGroup):
     """Prints a `FaasctlError` as one line and exits with its code, with no traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except FaasctlError as err:
             err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise click.exceptions.Exit(err.exit_code) from err
+            raise typer.Exit(err.exit_code) from err
 
 
 app = typer.Typer(
@@ -40,7 +39,7 @@ app = typer.Typer(
         "Start with: faasctl fit examples/simple"
     ),
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,3 +24,17 @@ IgnoreDigest = Annotated[
     typer.Option("--ignore-digest", help="Fit even if the patchset was made for a different background (digest mismatch)."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+class BackendName(str, Enum):
+    """Fit backends (see `faasctl.backends`)."""
+
+    numpy = "numpy"
+    jax = "jax"
+    auto = "auto"
+
+
+Backend = Annotated[
+    BackendName,
+    typer.Option(help="numpy: plain pyhf, the reference; jax: compiled once per model, fast; auto: jax where it can."),
+]
