@@ -63,13 +63,17 @@ def _quiet_parsl() -> None:
 
 
 @contextlib.contextmanager
-def local_executor(workers: int | None = None, *, run_dir: str | Path | None = None, retries: int = 0) -> Iterator[ParslExecutor]:
+def local_executor(
+    workers: int | None = None, *, run_dir: str | Path | None = None, retries: int = 0, worker_init: str = ""
+) -> Iterator[ParslExecutor]:
     """The embedded default engine: ``workers`` local processes behind parsl's HTEX on loopback.
 
     Args:
         workers: worker processes (default: the number of cores).
         run_dir: where parsl keeps its logs (default: a temporary folder, removed after).
         retries: parsl-level retries of failed tasks (the client retries lost tasks itself).
+        worker_init: shell commands run before the workers start, after the thread-count
+            exports (as a site's ``worker_init``; health-check tests use it to break a worker).
     """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
@@ -87,7 +91,10 @@ def local_executor(workers: int | None = None, *, run_dir: str | Path | None = N
             max_workers_per_node=workers,
             heartbeat_period=2,
             heartbeat_threshold=10,
-            provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=worker_init_exports()),
+            provider=LocalProvider(
+                init_blocks=1, min_blocks=1, max_blocks=1,
+                worker_init="; ".join(filter(None, [worker_init_exports(), worker_init])),
+            ),
         )
         config = Config(
             executors=[htex], run_dir=str(run_dir), retries=retries, strategy="none",

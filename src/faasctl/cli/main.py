@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from faasctl import __version__
 from faasctl.cli import fit
+from faasctl.cli import images
 from faasctl.exceptions import FaasctlError
 
 err_console = Console(stderr=True)
@@ -59,3 +60,4 @@ def _main(
 
 
 app.add_typer(fit.app)
+app.add_typer(images.app, name="image", help="Build and list the pyhf worker container images (CPU; CUDA with JAX).")

@@ -1,0 +1,102 @@
+"""``faasctl image``: build and list the pyhf worker images."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from faasctl.cli import options
+
+app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+
+class Flavor(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@app.command()
+def build(
+    flavor: Annotated[Flavor, typer.Option(help="cpu: pyhf with numpy/scipy; cuda: adds JAX with CUDA 12 wheels.")] = Flavor.cpu,
+    base_image: Annotated[Optional[str], typer.Option(help="The BASE_IMAGE build arg \\[default: the Dockerfile's: python:3.11-slim, nvidia/cuda runtime].")] = None,
+    tag: Annotated[Optional[str], typer.Option(help="repository:tag \\[default: faasctl-worker:VERSION-FLAVOR].")] = None,
+    build_arg: Annotated[Optional[List[str]], typer.Option("--build-arg", help="More build args, KEY=VALUE (repeatable).")] = None,
+    push: Annotated[bool, typer.Option("--push", help="Push the tag to its registry after the build.")] = False,
+    context: Annotated[Optional[Path], typer.Option(help="A faasctl checkout \\[default: the one faasctl runs from].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show the progress only, not the build log.")] = False,
+) -> None:
+    """Build a worker image from images/FLAVOR/Dockerfile with the Docker engine at DOCKER_HOST.
+
+    The image holds pyhf, globus-compute-endpoint and faasctl from hash-pinned locks; `docker run IMAGE`
+    runs its self test (one small fit). See docs/images.md.
+
+    Examples:
+
+      faasctl image build --flavor cpu
+
+      faasctl image build --flavor cuda --tag registry.example.org/hep/faasctl-worker:0.1.0-cuda --push
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from faasctl.images import BuildLog, build_image
+
+    extra = {}
+    for item in build_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--build-arg")
+        extra[key] = value
+
+    start = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[instruction]}"), console=console, transient=True,
+    ) as progress:
+        bar = progress.add_task(f"Building {flavor.value}", total=None, instruction="")
+
+        def show(entry: BuildLog) -> None:
+            if entry.step and entry.line.startswith("Step "):
+                instruction = escape(entry.line.split(" : ", 1)[-1][:60])
+                progress.update(bar, completed=entry.step - 1, total=entry.steps, instruction=instruction)
+            if not quiet:
+                progress.console.print(escape(entry.line), style="dim", highlight=False, soft_wrap=True)
+
+        image = build_image(flavor.value, base_image=base_image, tag=tag, extra_args=extra, context=context,
+                            push=push, on_log=show)
+    name = image.tags[0] if image.tags else image.id
+    console.print(
+        f"Built [bold]{escape(name)}[/] ({image.id[:19]}, {image.size / 1e6:.0f} MB, pyhf {image.pyhf}, "
+        f"base {escape(image.base)}) in {time.perf_counter() - start:.0f} s" + (" and pushed it" if push else ""),
+        highlight=False,
+    )
+    console.print(f"Self test: docker run --rm {escape(name)}", highlight=False)
+
+
+@app.command("list")
+def list_(as_json: options.Json = False) -> None:
+    """List the worker images the Docker engine at DOCKER_HOST has."""
+    from faasctl.images import list_images
+
+    images = list_images()
+    if as_json:
+        typer.echo(json.dumps([image.to_dict() for image in images], indent=1))
+        return
+    from rich.table import Table
+
+    table = Table()
+    for column in ("image", "flavor", "faasctl", "pyhf", "base", "size", "created"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for image in images:
+        table.add_row(", ".join(image.tags) or image.id[:19], image.flavor, image.version, image.pyhf, image.base,
+                      f"{image.size / 1e6:.0f} MB", image.created[:19])
+    console.print(table)
+    if not images:
+        console.print("No worker images yet: faasctl image build --flavor cpu", highlight=False)

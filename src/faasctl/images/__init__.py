@@ -1,0 +1,36 @@
+"""Worker container images: pyhf, Globus Compute and faasctl, for CPU (numpy/scipy) and CUDA (JAX).
+
+The Dockerfiles live in ``images/<flavor>/`` of the repository (docs/images.md). This package builds and
+lists them through the docker SDK (`faasctl.images.build`, imported lazily by the CLI) and holds the
+images' self test (`faasctl.images.selftest`, the images' default command).
+"""
+
+from __future__ import annotations
+
+from faasctl.images.build import (
+    FLAVORS,
+    REPOSITORY,
+    BuildLog,
+    WorkerImage,
+    build_args,
+    build_image,
+    default_tag,
+    docker_client,
+    find_context,
+    list_images,
+    locked_version,
+)
+
+__all__ = [
+    "FLAVORS",
+    "REPOSITORY",
+    "BuildLog",
+    "WorkerImage",
+    "build_args",
+    "build_image",
+    "default_tag",
+    "docker_client",
+    "find_context",
+    "list_images",
+    "locked_version",
+]

@@ -1,0 +1,246 @@
+"""The site record: what a facility admin writes down once per cluster.
+
+A site record says which parsl provider runs the workers (Slurm, PBS Pro, Kubernetes or
+local processes) and with which partition/queue, account, blocks, walltime, launcher,
+worker environment (``worker_init`` or a container image) and network address.
+``faasctl.render`` turns it into a Globus Compute endpoint folder.
+
+The models only check shapes, types and combinations that are known to be wrong; anything
+passed through ``options`` goes verbatim to parsl and is checked by Globus Compute's own
+loader when the endpoint is rendered (``faasctl.render.validate_endpoint``). Validators
+here are pure: they never touch the file system or the network.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+__all__ = [
+    "SiteRecord",
+    "EndpointSettings",
+    "EngineSettings",
+    "ContainerSettings",
+    "LauncherSettings",
+    "SlurmSettings",
+    "PBSProSettings",
+    "KubernetesSettings",
+    "LocalSettings",
+    "ProviderSettings",
+    "PROVIDER_FAMILIES",
+    "FieldError",
+]
+
+#: parsl provider class -> endpoint template family (folder in ``endpoint_templates/``).
+PROVIDER_FAMILIES = {
+    "SlurmProvider": "slurm",
+    "PBSProProvider": "pbspro",
+    "KubernetesProvider": "kubernetes",
+    "LocalProvider": "local",
+}
+
+# Slurm/PBS walltime: [D-]HH:MM:SS or MM:SS
+WALLTIME_PATTERN = r"^(\d+-)?\d{1,3}:[0-5]\d(:[0-5]\d)?$"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+class FieldError(ValueError):
+    """A cross-field check failed; ``field`` is the dotted path of the value to blame."""
+
+    def __init__(self, field: str, value: Any, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class LauncherSettings(_Model):
+    """How a block starts workers on its nodes (a parsl launcher)."""
+
+    type: Literal[
+        "SrunLauncher", "MpiExecLauncher", "MpiRunLauncher", "SingleNodeLauncher", "SimpleLauncher", "GnuParallelLauncher"
+    ] = Field(description="parsl launcher class")
+    overrides: str | None = Field(default=None, description="extra arguments for srun/mpiexec (SrunLauncher, MpiExecLauncher)")
+    bind_cmd: str | None = Field(default=None, description="CPU binding flag of mpiexec (MpiExecLauncher only)")
+
+
+class _Blocks(_Model):
+    """Scaling settings shared by every provider. A block is one batch job (or pod)."""
+
+    init_blocks: int = Field(default=0, ge=0, description="blocks started with the endpoint")
+    min_blocks: int = Field(default=0, ge=0, description="blocks kept even when idle")
+    max_blocks: int = Field(default=1, ge=1, description="most blocks at once")
+    nodes_per_block: int = Field(default=1, ge=1, description="nodes per block")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="further keyword arguments of the parsl provider, passed as is (checked by Globus Compute's loader)",
+    )
+
+    @model_validator(mode="after")
+    def _blocks_in_order(self) -> _Blocks:
+        for name in ("init_blocks", "min_blocks"):
+            value = getattr(self, name)
+            if value > self.max_blocks:
+                raise FieldError(f"provider.{name}", value, f"{name} ({value}) exceeds max_blocks ({self.max_blocks})")
+        return self
+
+
+class _Batch(_Blocks):
+    walltime: str = Field(default="01:00:00", pattern=WALLTIME_PATTERN, description="wall time of one block, HH:MM:SS (quote it)")
+    account: str | None = Field(default=None, description="allocation charged; null: users name theirs (user option 'account') or the scheduler's default")
+    scheduler_options: str = Field(default="", description="extra lines for the batch script header (#SBATCH / #PBS ...)")
+
+    def walltime_minutes(self) -> int:
+        """The walltime rounded up to whole minutes."""
+        days, _, clock = self.walltime.rpartition("-")
+        parts = [int(p) for p in clock.split(":")]
+        if len(parts) == 2:  # MM:SS
+            parts.insert(0, 0)
+        hours, minutes, seconds = parts
+        return (int(days or 0) * 24 + hours) * 60 + minutes + math.ceil(seconds / 60)
+
+
+class SlurmSettings(_Batch):
+    """A Slurm cluster (parsl ``SlurmProvider``)."""
+
+    type: Literal["SlurmProvider"]
+    partition: str | None = Field(default=None, description="partition; null: the cluster's default partition")
+    qos: str | None = Field(default=None, description="quality of service (--qos)")
+    constraint: str | None = Field(default=None, description="node features (--constraint)")
+    exclusive: bool = Field(default=True, description="ask for whole nodes (--exclusive)")
+    launcher: LauncherSettings = Field(default_factory=lambda: LauncherSettings(type="SrunLauncher"))
+
+
+class PBSProSettings(_Batch):
+    """A PBS Pro cluster (parsl ``PBSProProvider``)."""
+
+    type: Literal["PBSProProvider"]
+    queue: str | None = Field(default=None, description="queue; null: the server's default queue")
+    cpus_per_node: int = Field(default=1, ge=1, description="ncpus in the select statement")
+    select_options: str = Field(default="", description="more select resources, e.g. ngpus=4")
+    launcher: LauncherSettings = Field(default_factory=lambda: LauncherSettings(type="SingleNodeLauncher"))
+
+
+class KubernetesSettings(_Blocks):
+    """Worker pods in a Kubernetes namespace (parsl ``KubernetesProvider``); the pod runs ``image``."""
+
+    type: Literal["KubernetesProvider"]
+    namespace: str = Field(default="default", description="namespace of the worker pods")
+    init_cpu: float = Field(default=1, gt=0, description="CPU request of a worker pod")
+    max_cpu: float = Field(default=2, gt=0, description="CPU limit of a worker pod")
+    init_mem: str = Field(default="1Gi", description="memory request of a worker pod")
+    max_mem: str = Field(default="2Gi", description="memory limit of a worker pod")
+    secret: str | None = Field(default=None, description="image pull secret")
+    service_account_name: str | None = Field(default=None, description="service account of the worker pods")
+
+    @field_validator("init_blocks")
+    @classmethod
+    def _no_init_blocks(cls, value: int) -> int:
+        # Pods must only start on demand: each user endpoint would otherwise start its own
+        # idle pods at once, and a pod that cannot be scheduled blocks the endpoint start.
+        if value != 0:
+            raise ValueError("must be 0 on Kubernetes: worker pods start on demand (min_blocks keeps warm pods)")
+        return value
+
+
+class LocalSettings(_Blocks):
+    """Worker processes on the endpoint host itself (parsl ``LocalProvider``)."""
+
+    type: Literal["LocalProvider"]
+    launcher: LauncherSettings = Field(default_factory=lambda: LauncherSettings(type="SingleNodeLauncher"))
+
+
+ProviderSettings = Annotated[
+    Union[SlurmSettings, PBSProSettings, KubernetesSettings, LocalSettings], Field(discriminator="type")
+]
+
+
+class EngineSettings(_Model):
+    """The ``GlobusComputeEngine`` (parsl HighThroughputExecutor) in front of the workers."""
+
+    max_workers_per_node: int | None = Field(default=None, ge=1, description="workers per node; null: one per core")
+    available_accelerators: int | None = Field(default=None, ge=1, description="GPUs per node, one worker pinned to each")
+    address: str | None = Field(default=None, description="IP/host name workers connect back to")
+    interface: str | None = Field(default=None, description="network interface whose address workers connect to (e.g. ib0)")
+    options: dict[str, Any] = Field(default_factory=dict, description="further GlobusComputeEngine keyword arguments, passed as is")
+
+    @model_validator(mode="after")
+    def _one_address(self) -> EngineSettings:
+        if self.address and self.interface:
+            raise FieldError("engine.interface", self.interface, "set engine.address or engine.interface, not both")
+        return self
+
+
+class EndpointSettings(_Model):
+    """Endpoint-level settings: the core ``config.yaml`` and the user endpoint's idle timers."""
+
+    display_name: str | None = Field(default=None, description="name shown in the Globus web app")
+    amqp_port: Literal[443, 5671, 5672] | None = Field(default=None, description="port to the Globus Compute service; 443 where 5671 is blocked")
+    identity_mapping_config_path: str | None = Field(default=None, description="identity mapping file, needed when the endpoint runs as root")
+    idle_heartbeats_soft: int = Field(default=10, ge=0, description="idle heartbeats before a user endpoint stops")
+    idle_heartbeats_hard: int = Field(default=5760, ge=0, description="heartbeats without any task movement before a user endpoint stops")
+
+
+class ContainerSettings(_Model):
+    """Run the workers inside ``image`` on batch/local nodes (GlobusComputeEngine container_*)."""
+
+    type: Literal["apptainer", "singularity", "docker", "podman", "podman-hpc"]
+    options: str = Field(default="", description="extra arguments of '<type> run', e.g. --nv or --bind /scratch")
+
+
+class SiteRecord(_Model):
+    """One site: a cluster (or this host) where a Globus Compute endpoint runs pyhf fits.
+
+    Example:
+        >>> from faasctl.sites import load_site
+        >>> site = load_site("river")
+        >>> site.provider.type, site.provider.max_blocks
+        ('SlurmProvider', 4)
+    """
+
+    name: str = Field(pattern=NAME_PATTERN, description="site name, also the endpoint folder name")
+    description: str = Field(default="", description="one line shown by 'faasctl sites list'")
+    endpoint: EndpointSettings = Field(default_factory=EndpointSettings)
+    provider: ProviderSettings
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    image: str | None = Field(default=None, description="worker image (OCI reference or .sif path)")
+    container: ContainerSettings | None = Field(default=None, description="how batch/local workers run image; null: no container")
+    worker_init: str = Field(default="", description="shell lines run before the workers start")
+
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        """The site file this record was read from (None when built in code)."""
+        return self._source
+
+    @property
+    def family(self) -> str:
+        """The endpoint template family: slurm, pbspro, kubernetes or local."""
+        return PROVIDER_FAMILIES[self.provider.type]
+
+    @model_validator(mode="after")
+    def _image_and_container(self) -> SiteRecord:
+        if isinstance(self.provider, KubernetesSettings):
+            if self.container is not None:
+                raise FieldError(
+                    "container.type", self.container.type,
+                    "not allowed with KubernetesProvider: the pod itself runs image (provider image), "
+                    "so remove container and set image only",
+                )
+            if not self.image:
+                raise FieldError("image", self.image, "KubernetesProvider needs image (the worker pod's image)")
+        elif self.container is not None and not self.image:
+            raise FieldError("image", self.image, f"container.type is {self.container.type!r} but no image is set")
+        elif self.image and self.container is None:
+            raise FieldError(
+                "container", None,
+                f"image is set but workers on {self.provider.type} run it only with a container "
+                "(container.type: apptainer, singularity, docker, podman or podman-hpc); set one or drop image",
+            )
+        return self

@@ -1,0 +1,51 @@
+"""ResultStore: atomic incremental writes, resume bookkeeping, refusing foreign results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from faasctl.exceptions import ScanError
+from faasctl.results import PatchResult, ResultStore
+
+PALLET = {"source": "p", "digest": "abc", "labels": ["m1", "m2"], "region": None}
+
+
+def ok(name: str, values=(1.0, 2.0)) -> PatchResult:
+    return PatchResult(patch=name, values=list(values), status="ok", cls_obs=0.5, cls_exp=[0.1, 0.2, 0.3, 0.4, 0.5],
+                       fit_time=1.0, worker="h:1", backend="numpy")
+
+
+def test_each_result_is_on_disk_at_once(tmp_path):
+    store = ResultStore(tmp_path / "out", PALLET)
+    store.add(ok("a"))
+    assert [r["patch"] for r in json.loads(store.json_path.read_text())["results"]] == ["a"]
+    store.add(PatchResult(patch="b", values=[3, 4], status="failed", error="boom"))
+    doc = json.loads(store.json_path.read_text())
+    assert [r["status"] for r in doc["results"]] == ["ok", "failed"]
+    assert doc["schema"] == "faasctl/results/1.0.0"
+    rows = store.csv_path.read_text().splitlines()
+    assert rows[0].split(",")[:4] == ["patch", "m1", "m2", "status"] and rows[2].startswith("b,3.0,4.0,failed")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.csv", "results.json"]  # no temp files
+
+
+def test_resume_skips_only_successful(tmp_path):
+    store = ResultStore(tmp_path, PALLET)
+    store.add(ok("a"))
+    store.add(PatchResult(patch="b", status="failed", error="x"))
+    again = ResultStore(tmp_path, PALLET)
+    assert again.done() == {"a"}
+    assert ResultStore(tmp_path, PALLET, force=True).done() == set()
+
+
+def test_refuses_results_of_another_pallet(tmp_path):
+    ResultStore(tmp_path, PALLET).add(ok("a"))
+    with pytest.raises(ScanError, match="another pallet"):
+        ResultStore(tmp_path, {**PALLET, "digest": "def"})
+
+
+def test_unreadable_results_file(tmp_path):
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(ScanError, match="unreadable results file"):
+        ResultStore(tmp_path, PALLET)

@@ -1,0 +1,44 @@
+"""The worker task function, called in-process."""
+
+from __future__ import annotations
+
+import pytest
+
+from faasctl import worker
+from faasctl.backends.numpy import pyhf_hypotest
+from faasctl.pallet import load_pallet
+
+
+@pytest.fixture
+def pallet(example_pallet):
+    return load_pallet(example_pallet)
+
+
+def task(pallet, name, *, with_background):
+    patch = pallet.patches[name]
+    return {"digest": pallet.digest, "background": pallet.background if with_background else None, "backend": "numpy",
+            "patch": {"name": patch.name, "values": list(patch.values), "operations": patch.operations}}
+
+
+def test_background_is_cached_per_worker(pallet, monkeypatch):
+    monkeypatch.setattr(worker, "_BACKGROUNDS", {})
+    assert worker.fit_patch(task(pallet, "grid_500_0", with_background=False))["status"] == worker.NEED_BACKGROUND
+    first = worker.fit_patch(task(pallet, "grid_500_0", with_background=True))
+    second = worker.fit_patch(task(pallet, "grid_500_100", with_background=False))  # served from the cache
+    assert first["status"] == second["status"] == "ok"
+    obs, exp = pyhf_hypotest(pallet.workspace_spec(pallet.patches["grid_500_100"]))
+    assert second["cls_obs"] == pytest.approx(obs, rel=1e-9) and second["cls_exp"] == pytest.approx(exp, rel=1e-9)
+
+
+def test_fit_errors_become_failed_records(pallet, monkeypatch):
+    monkeypatch.setattr(worker, "_BACKGROUNDS", {})
+    bad = task(pallet, "grid_500_0", with_background=True)
+    bad["patch"]["operations"] = [{"op": "remove", "path": "/channels/7"}]
+    record = worker.fit_patch(bad)
+    assert record["status"] == "failed" and "does not apply" in record["error"]
+    assert record["fit_time"] >= 0 and record["worker"]
+
+
+def test_worker_info_names_versions():
+    info = worker.worker_info()
+    assert info["pyhf"] == "0.7.6" and info["numpy"] and info["worker"]
