@@ -49,3 +49,26 @@ def test_unreadable_results_file(tmp_path):
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(ScanError, match="unreadable results file"):
         ResultStore(tmp_path, PALLET)
+
+
+def test_committed_schema_matches_model():
+    """schemas/1.0.0/results.json is generated from ResultsDocument; regenerate it when the model changes:
+    python -c "import json; from faasctl.results import ResultsDocument; print(json.dumps(ResultsDocument.model_json_schema(by_alias=True), indent=2))" > src/faasctl/schemas/1.0.0/results.json
+    """
+    from importlib.resources import files
+
+    from faasctl.results import ResultsDocument
+
+    committed = json.loads((files("faasctl") / "schemas" / "1.0.0" / "results.json").read_text())
+    assert committed == ResultsDocument.model_json_schema(by_alias=True)
+
+
+def test_results_file_validates_against_schema(tmp_path):
+    from importlib.resources import files
+
+    import jsonschema
+
+    store = ResultStore(tmp_path, PALLET)
+    store.add(ok("a"))
+    schema = json.loads((files("faasctl") / "schemas" / "1.0.0" / "results.json").read_text())
+    jsonschema.validate(json.loads(store.json_path.read_text()), schema)

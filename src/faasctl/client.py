@@ -1,4 +1,4 @@
-"""The analyst's API: send a pallet's patch fits to any executor and gather the results.
+"""The analyst's API: send a pallet's patch fits to any executor and stream the results.
 
 Example:
     >>> from faasctl.client import FitClient
@@ -9,35 +9,112 @@ Example:
     ...     for result in FitClient(ex).scan(pallet):
     ...         print(result.patch, result.cls_obs)
 
-The executor is any `concurrent.futures.Executor`: Globus Compute's
-``Executor(endpoint_id=...)``, the embedded parsl engine (`faasctl.engine.local_executor`),
-or a direct-mode site engine (`faasctl.engine.site_executor`).
+The executor is any `concurrent.futures.Executor` whose workers have faasctl installed:
+Globus Compute's ``Executor(endpoint_id=...)``, the embedded parsl engine
+(`faasctl.engine.local_executor`), a direct-mode site engine
+(``faasctl.deploy.direct.site_executor``), a Globus Compute engine driven locally
+(`faasctl.endpoint_engine.EngineExecutor`) or a plain thread or process pool.
+
+How a scan travels:
+
+* A *window* of at most ``max_in_flight`` tasks is in flight; the next task is submitted as
+  soon as one finishes, and results are yielded in the order they finish.
+* The background workspace (often MB-sized) is shipped once per worker, not once per patch:
+  the first few tasks carry it (twice the executor's worker count when it says, else the
+  whole first window) and workers keep it (`faasctl.worker`). A task that lands on a worker
+  without it comes back as ``need-background`` and is resent with it (a *bounce*).
+* A task lost to infrastructure (worker killed, block cancelled, node lost: the future
+  raises) is resubmitted up to ``retries`` times. A fit that fails is a result, not a loss:
+  the worker returns it as ``status="failed"`` and it is not retried.
+* ``timeout`` bounds how long a patch may take. Tasks queued behind busy workers are not
+  running yet, so a task's clock starts at its submission or at the latest completion of
+  any task, whichever is later: a task times out when it has been in flight ``timeout``
+  seconds (``timeout * batch_size`` for a batch) with no task finishing meanwhile.
+  Timed-out tasks cannot be stopped on most executors; they are abandoned and recorded as
+  failed.
+* With ``batch_size`` > 1 each task fits several patches in turn on one worker: fewer round
+  trips for backends whose fits take less time than a round trip (the compiled jax backend on
+  a remote endpoint). The default, one patch per task, balances load best.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
+from pydantic import ValidationError
+
+from faasctl.exceptions import ScanError
 from faasctl.pallet import Pallet, Patch
 from faasctl.results import PatchResult
 from faasctl.worker import NEED_BACKGROUND, fit_patch
 
-__all__ = ["FitClient"]
+__all__ = ["FitClient", "TaskFunction", "run_batch", "executor_capacity", "htex_capacity", "error_text"]
 
 log = logging.getLogger(__name__)
 
+#: What runs on a worker: a task dict in, a result record (`faasctl.results.PatchResult`) out.
+TaskFunction = Callable[[dict[str, Any]], dict[str, Any]]
 
-@dataclass
-class _Pending:
+
+def run_batch(function: TaskFunction, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run ``function`` on each task in turn: the task function of batched submission.
+
+    Only the first task of a batch carries the background; ``fit_patch`` keeps it for the
+    others, which run on the same worker.
+    """
+    return [function(task) for task in tasks]
+
+
+def executor_capacity(executor: cf.Executor) -> int | None:
+    """How many tasks ``executor`` runs at once, when it says; None when it does not.
+
+    Understands ``max_workers`` / ``_max_workers`` (the standard pools, `EngineExecutor`)
+    and a parsl ``HighThroughputExecutor`` behind `faasctl.engine.ParslExecutor`.
+    """
+    for attr in ("max_workers", "_max_workers"):
+        n = getattr(executor, attr, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    dfk = getattr(executor, "dfk", None)
+    if dfk is not None:
+        return htex_capacity(dfk.executors.get(getattr(executor, "label", None)))
+    return None
+
+
+def htex_capacity(htex: Any) -> int | None:
+    """Worker slots of a parsl ``HighThroughputExecutor`` when its size is fixed, else None."""
+    per_node = getattr(htex, "max_workers_per_node", None)
+    provider = getattr(htex, "provider", None)
+    if not isinstance(per_node, (int, float)) or not math.isfinite(per_node) or provider is None:
+        return None
+    blocks = getattr(provider, "max_blocks", 1) or 1
+    nodes = getattr(provider, "nodes_per_block", 1) or 1
+    return max(1, int(per_node) * int(blocks) * int(nodes))
+
+
+@dataclass(eq=False)
+class _Job:
+    """One patch on its way through the executor."""
+
     patch: Patch
-    attempt: int = 1
+    attempt: int = 1  # submissions after losses; bounces do not count
+    needs_background: bool = False  # the next submission must carry the background
+
+
+@dataclass(eq=False)
+class _Task:
+    """One executor submission: a patch, or a batch of patches."""
+
+    jobs: list[_Job]
+    background: bool
+    batched: bool
     submitted: float = field(default_factory=time.monotonic)
-    with_background: bool = False
 
 
 class FitClient:
@@ -48,10 +125,23 @@ class FitClient:
         backend: the fit backend on the workers (``numpy``, ``jax`` or ``auto``).
         max_in_flight: tasks submitted but not finished at once; a window keeps memory
             flat for large pallets and lets a slow worker's backlog drain elsewhere.
-        timeout: seconds a task may run before it is recorded as failed (``None``: no limit).
+        timeout: seconds a patch may take, counted as described in the module docstring;
+            a patch over it is recorded as failed (``None``: no limit).
         retries: how often a task lost to infrastructure (worker died, block cancelled)
             is resubmitted. Fits that fail are results, and are not retried.
-        function: the task function (tests and health checks swap it).
+        batch_size: patches per task (default 1). Each batch runs on one worker in turn.
+        background_seeds: how many of the first tasks carry the background (default:
+            twice the executor's worker count when `executor_capacity` knows it, else
+            ``max_in_flight``). ``0`` ships it only when a worker asks.
+        function: the task function (tests and health checks swap it); it takes a task
+            dict and returns a record, or ``{"status": "need-background"}``, like
+            `faasctl.worker.fit_patch`.
+
+    Attributes:
+        background_sends: tasks that carried the background, since the client was made.
+        bounces: tasks that came back asking for the background.
+        submissions: tasks submitted to the executor (resubmissions included).
+        losses: tasks lost to infrastructure (each retried or recorded as failed).
     """
 
     def __init__(
@@ -62,87 +152,206 @@ class FitClient:
         max_in_flight: int = 64,
         timeout: float | None = None,
         retries: int = 2,
-        function: Callable[[dict[str, Any]], dict[str, Any]] = fit_patch,
+        batch_size: int = 1,
+        background_seeds: int | None = None,
+        function: TaskFunction = fit_patch,
     ) -> None:
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds or None, not {timeout!r}")
         self.executor = executor
         self.backend = backend
         self.max_in_flight = max(1, max_in_flight)
         self.timeout = timeout
-        self.retries = retries
+        self.retries = max(0, retries)
+        self.batch_size = max(1, batch_size)
+        self.background_seeds = background_seeds
         self.function = function
-        #: how many times the background travelled with a task (for benchmarks and tests)
         self.background_sends = 0
+        self.bounces = 0
+        self.submissions = 0
+        self.losses = 0
 
-    def _submit(self, pallet: Pallet, job: _Pending) -> cf.Future[dict[str, Any]]:
-        task = {
-            "digest": pallet.digest,
-            "background": pallet.background if job.with_background else None,
-            "patch": {"name": job.patch.name, "values": list(job.patch.values), "operations": job.patch.operations},
-            "backend": self.backend,
-        }
-        self.background_sends += job.with_background
-        job.submitted = time.monotonic()
-        return self.executor.submit(self.function, task)
-
-    def scan(self, pallet: Pallet, patches: Sequence[str] | Sequence[Patch] | None = None) -> Iterator[PatchResult]:
-        """Fit ``patches`` (names or `Patch` objects; default: all) and yield results as they finish."""
-        selected = [p if isinstance(p, Patch) else pallet.patches[p] for p in patches] if patches else list(
-            pallet.patches.values()
+    def __repr__(self) -> str:
+        return (
+            f"FitClient({self.executor!r}, backend={self.backend!r}, max_in_flight={self.max_in_flight}, "
+            f"timeout={self.timeout!r}, retries={self.retries}, batch_size={self.batch_size})"
         )
-        queue = deque(_Pending(p) for p in selected)
-        # The first window carries the background: each worker then has it after its first
-        # task. Later tasks travel light; one that lands on a new worker bounces once.
-        for job in list(queue)[: self.max_in_flight]:
-            job.with_background = True
-        running: dict[cf.Future[dict[str, Any]], _Pending] = {}
+
+    # --- public ------------------------------------------------------------------------------
+
+    def scan(self, pallet: Pallet, patches: Sequence[str | Patch] | None = None) -> Iterator[PatchResult]:
+        """Fit ``patches`` and yield one result per patch as each finishes.
+
+        Args:
+            pallet: the pallet whose background the patches apply to.
+            patches: patch names or `Patch` objects (default: every patch of the pallet; an
+                empty sequence fits nothing).
+
+        Yields:
+            A `PatchResult` per patch, in the order they finish: ``ok``, or ``failed`` with
+            the error (fit error, timeout, or loss after ``retries`` resubmissions).
+
+        Raises:
+            PatchError: a name is not in the pallet.
+            ScanError: the executor refuses tasks (shut down, not connected).
+        """
+        queue = deque(_Job(p) for p in _select(pallet, patches))
+        seeds = self._seeds()
+        running: dict[cf.Future[Any], _Task] = {}
+        progress = time.monotonic()  # the latest completion of any task
 
         def fill() -> None:
+            nonlocal seeds
             while queue and len(running) < self.max_in_flight:
-                job = queue.popleft()
-                running[self._submit(pallet, job)] = job
+                jobs = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+                carry = seeds > 0 or any(j.needs_background for j in jobs)
+                seeds -= seeds > 0
+                task = _Task(jobs, background=carry, batched=self.batch_size > 1)
+                running[self._submit(pallet, task)] = task
 
         try:
             fill()
             while running:
                 wait_for = None
                 if self.timeout is not None:
-                    oldest = min(j.submitted for j in running.values())
-                    wait_for = max(0.0, oldest + self.timeout - time.monotonic())
+                    deadline = min(self._deadline(t, progress) for t in running.values())
+                    wait_for = max(0.0, deadline - time.monotonic())
                 finished, _ = cf.wait(running, timeout=wait_for, return_when=cf.FIRST_COMPLETED)
+                if finished:
+                    progress = time.monotonic()
                 for fut in finished:
-                    job = running.pop(fut)
-                    result = self._collect(fut, job, queue)
-                    if result is not None:
-                        yield result
+                    yield from self._collect(fut, running.pop(fut), queue)
                 if self.timeout is not None:
                     now = time.monotonic()
-                    for fut, job in list(running.items()):
-                        if now - job.submitted >= self.timeout:
-                            fut.cancel()
+                    for fut, task in list(running.items()):
+                        if now >= self._deadline(task, progress):
                             del running[fut]
-                            yield self._failed(job, f"TimeoutError: no result after {self.timeout:g} s")
+                            _cancel(fut)
+                            limit = self.timeout * len(task.jobs)
+                            for job in task.jobs:
+                                yield self._failed(job, f"TimeoutError: no result within {limit:g} s")
                 fill()
         finally:
+            # the consumer stopped early, or an error: do not leave work queued
             for fut in running:
-                fut.cancel()
+                _cancel(fut)
 
-    def _collect(self, fut: cf.Future[dict[str, Any]], job: _Pending, queue: deque[_Pending]) -> PatchResult | None:
+    # --- internals ---------------------------------------------------------------------------
+
+    def _seeds(self) -> int:
+        if self.background_seeds is not None:
+            return max(0, self.background_seeds)
+        workers = executor_capacity(self.executor)
+        return min(self.max_in_flight, 2 * workers) if workers else self.max_in_flight
+
+    def _deadline(self, task: _Task, progress: float) -> float:
+        assert self.timeout is not None
+        return max(task.submitted, progress) + self.timeout * len(task.jobs)
+
+    def _submit(self, pallet: Pallet, task: _Task) -> cf.Future[Any]:
+        payloads = [
+            {
+                "digest": pallet.digest,
+                "background": pallet.background if task.background and i == 0 else None,
+                "patch": {"name": j.patch.name, "values": list(j.patch.values), "operations": j.patch.operations},
+                "backend": self.backend,
+            }
+            for i, j in enumerate(task.jobs)
+        ]
         try:
-            record = fut.result()
+            if task.batched:
+                fut = self.executor.submit(run_batch, self.function, payloads)
+            else:
+                fut = self.executor.submit(self.function, payloads[0])
+        except Exception as err:  # noqa: BLE001 - shut down, not connected, refused
+            raise ScanError(f"{type(self.executor).__name__} refused a task: {error_text(err)}") from err
+        self.submissions += 1
+        self.background_sends += task.background
+        for job in task.jobs:
+            job.needs_background = False
+        task.submitted = time.monotonic()
+        return fut
+
+    def _collect(self, fut: cf.Future[Any], task: _Task, queue: deque[_Job]) -> Iterator[PatchResult]:
+        try:
+            output = fut.result()
         except Exception as err:  # noqa: BLE001 - lost worker or task: infrastructure
-            if job.attempt <= self.retries:
-                log.warning("patch %s: task lost (%s), resubmitting (attempt %d)", job.patch.name, err, job.attempt + 1)
-                job.attempt += 1
-                job.with_background = True
-                queue.appendleft(job)
-                return None
-            return self._failed(job, f"{type(err).__name__}: {err}")
+            yield from self._lost(task, err, queue)
+            return
+        records = output if task.batched else [output]
+        if not isinstance(records, list) or len(records) != len(task.jobs):
+            for job in task.jobs:
+                yield self._failed(job, f"malformed result: expected {len(task.jobs)} record(s), got {output!r:.200}")
+            return
+        for job, record in zip(task.jobs, records):
+            result = self._result(job, record, task, queue)
+            if result is not None:
+                yield result
+
+    def _result(self, job: _Job, record: Any, task: _Task, queue: deque[_Job]) -> PatchResult | None:
+        if not isinstance(record, dict):
+            return self._failed(job, f"malformed result: expected a record, got {record!r:.200}")
         if record.get("status") == NEED_BACKGROUND:
-            job.with_background = True
+            if task.background:
+                # the task carried it: resending would loop
+                return self._failed(job, f"worker {record.get('worker')} asked for the background although the "
+                                         "task carried it (does the task function keep it?)")
+            self.bounces += 1
+            job.needs_background = True
             queue.appendleft(job)
             return None
-        return PatchResult.model_validate(record)
+        try:
+            result = PatchResult.model_validate(record)
+        except ValidationError as err:
+            return self._failed(job, f"malformed result: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}")
+        if result.patch != job.patch.name:
+            return self._failed(job, f"malformed result: the worker answered for patch {result.patch!r}")
+        return result
 
-    def _failed(self, job: _Pending, error: str) -> PatchResult:
+    def _lost(self, task: _Task, err: BaseException, queue: deque[_Job]) -> Iterator[PatchResult]:
+        self.losses += 1
+        reason = error_text(err)
+        for job in reversed(task.jobs):
+            if job.attempt <= self.retries:
+                log.warning("patch %s: task lost (%s); resubmitting (attempt %d of %d)",
+                            job.patch.name, reason, job.attempt + 1, self.retries + 1)
+                job.attempt += 1
+                job.needs_background = True  # it may land on a new worker
+                queue.appendleft(job)
+            else:
+                tries = f" after {job.attempt} attempts" if job.attempt > 1 else ""
+                yield self._failed(job, f"task lost{tries}: {reason}")
+
+    def _failed(self, job: _Job, error: str) -> PatchResult:
         return PatchResult(patch=job.patch.name, values=list(job.patch.values), status="failed", error=error,
                            backend=self.backend)
+
+
+def _select(pallet: Pallet, patches: Sequence[str | Patch] | None) -> list[Patch]:
+    if patches is None:
+        return list(pallet.patches.values())
+    names = [p for p in patches if not isinstance(p, Patch)]
+    if names:
+        pallet.select(names)  # raises PatchError, with suggestions, for unknown names
+    chosen = [p if isinstance(p, Patch) else pallet.patches[p] for p in patches]
+    return list({p.name: p for p in chosen}.values())
+
+
+def _cancel(fut: cf.Future[Any]) -> None:
+    # parsl's AppFuture.cancel raises NotImplementedError; a running task cannot be
+    # stopped on most executors anyway: the task is abandoned.
+    try:
+        fut.cancel()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def error_text(err: BaseException) -> str:
+    """One line for an exception; Globus Compute's ``TaskExecutionFailed`` keeps the remote traceback."""
+    text = str(getattr(err, "remote_data", None) or err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    name = type(err).__name__
+    if not last:
+        return name
+    return (last if name in last.split(":")[0] else f"{name}: {last}")[:500]

@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from faasctl.exceptions import ScanError
 
-__all__ = ["PatchResult", "ResultStore", "SCHEMA_VERSION"]
+__all__ = ["PatchResult", "ResultsDocument", "ResultStore", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = "1.0.0"
 EXPECTED_KEYS = ("cls_exp_m2", "cls_exp_m1", "cls_exp", "cls_exp_p1", "cls_exp_p2")
@@ -31,7 +31,7 @@ class PatchResult(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    patch: str
+    patch: str = Field(description="the patch's name in the patchset")
     values: list[float] = Field(default_factory=list)
     status: Literal["ok", "failed"]
     cls_obs: float | None = None
@@ -44,6 +44,27 @@ class PatchResult(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+class PalletInfo(BaseModel):
+    """What a results file records about the pallet it belongs to."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str
+    digest: str
+    labels: list[str] = Field(default_factory=list)
+    region: str | None = None
+
+
+class ResultsDocument(BaseModel):
+    """The layout of ``results.json`` (schema: ``schemas/1.0.0/results.json``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"$id": f"https://faasctl.dev/schemas/{SCHEMA_VERSION}/results.json"})
+
+    schema_: str = Field(alias="schema", pattern=r"^faasctl/results/\d+\.\d+\.\d+$")
+    pallet: PalletInfo
+    results: list[PatchResult]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -82,17 +103,17 @@ class ResultStore:
 
     def _load(self) -> None:
         try:
-            doc = json.loads(self.json_path.read_text())
-            found = doc["pallet"]["digest"]
-            records = [PatchResult.model_validate(r) for r in doc["results"]]
-        except (OSError, ValueError, KeyError, TypeError, ValidationError) as err:
-            raise ScanError(f"{self.json_path}: unreadable results file ({err}); use --force to start over") from err
-        if found != self.pallet["digest"] or doc["pallet"].get("region") != self.pallet.get("region"):
+            doc = ResultsDocument.model_validate_json(self.json_path.read_bytes())
+        except (OSError, ValueError) as err:
+            first = str(err).splitlines()[0]
+            raise ScanError(f"{self.json_path}: unreadable results file ({first}); use --force to start over") from err
+        found = doc.pallet.digest
+        if found != self.pallet["digest"] or doc.pallet.region != self.pallet.get("region"):
             raise ScanError(
                 f"{self.json_path}: holds results of another pallet (digest {found[:12]}…); "
                 "use another --out, or --force to replace them"
             )
-        self.results = {r.patch: r for r in records}
+        self.results = {r.patch: r for r in doc.results}
 
     def done(self) -> set[str]:
         """Names of patches with a successful result (failed ones are fitted again)."""

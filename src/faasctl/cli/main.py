@@ -13,8 +13,11 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from faasctl import __version__
+from faasctl.cli import check
+from faasctl.cli import deploy
 from faasctl.cli import fit
 from faasctl.cli import images
+from faasctl.cli import sites
 from faasctl.exceptions import FaasctlError
 
 err_console = Console(stderr=True)
@@ -60,4 +63,8 @@ def _main(
 
 
 app.add_typer(fit.app)
+app.add_typer(check.app)
 app.add_typer(images.app, name="image", help="Build and list the pyhf worker container images (CPU; CUDA with JAX).")
+app.add_typer(sites.app, name="sites", help="The site registry: list and show the clusters faasctl can render endpoints for.")
+app.add_typer(sites.render_app)
+app.add_typer(deploy.app)

@@ -197,11 +197,17 @@ class Deployer(abc.ABC):
 
     @property
     def files(self) -> dict[str, str]:
-        """The endpoint folder as `faasctl render` writes it (rendered on first use)."""
-        if self._files is None:
-            from faasctl.render import render_endpoint
+        """The endpoint folder as `faasctl render` writes it, checked by Globus Compute's loader.
 
-            self._files = dict(render_endpoint(self.site))
+        Raises:
+            RenderError: the site's endpoint config is refused (nothing is deployed).
+        """
+        if self._files is None:
+            from faasctl.render import render_endpoint, validate_endpoint
+
+            files = render_endpoint(self.site)
+            validate_endpoint(files, site=self.site)
+            self._files = dict(files)
         return self._files
 
     @abc.abstractmethod
@@ -222,15 +228,19 @@ class Deployer(abc.ABC):
         Raises:
             DeployError: an action failed (the ones before it stay done).
         """
-        return _apply(self.plan())
+        return self.apply(self.plan())
 
     def teardown(self) -> list[Action]:
         """Run `teardown_plan`'s actions; returns them."""
-        return _apply(self.teardown_plan())
+        return self.apply(self.teardown_plan())
 
+    def apply(self, actions: Sequence[Action]) -> list[Action]:
+        """Run ``actions`` (a plan already shown to the user) in order; returns them.
 
-def _apply(actions: list[Action]) -> list[Action]:
-    for action in actions:
-        log.info("%s", action.describe())
-        action.apply()
-    return actions
+        Raises:
+            DeployError: an action failed (the ones before it stay done).
+        """
+        for action in actions:
+            log.info("site %s: %s", self.name, action.describe())
+            action.apply()
+        return list(actions)

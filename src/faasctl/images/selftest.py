@@ -7,7 +7,7 @@ The images run it by default (``docker run IMAGE``); it is also how to check a G
 
 The fit goes through `faasctl.worker.fit_patch`, exactly as on a Globus Compute or parsl worker. With a
 backend other than ``numpy`` the same patch is also fitted by plain pyhf, and the CLs must agree.
-Exit status: 0 when the fit succeeded (and agreed), 1 otherwise.
+Exit status: 0 when the fit succeeded (and agreed), 1 when it did not, 2 for a bad pallet or patch.
 """
 
 from __future__ import annotations
@@ -91,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch", help="the patch to fit (default: the pallet's first)")
     parser.add_argument("--backend", default="auto", choices=("numpy", "jax", "auto"), help="default: %(default)s")
     args = parser.parse_args(argv)
-    report = run_selftest(args.pallet, args.patch, args.backend)
+    from faasctl.exceptions import FaasctlError
+
+    try:
+        report = run_selftest(args.pallet, args.patch, args.backend)
+    except FaasctlError as err:  # a bad --pallet/--patch: one line, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     json.dump(report, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0 if report["ok"] else 1

@@ -196,7 +196,7 @@ def _describe(err: ValidationError, data: dict[str, Any], where: str, set_paths:
                 loc.append("type")
             field = ".".join(loc) or "(record)"
             value = _lookup(data, loc)
-            msg = item["msg"]
+            msg = item["msg"].removeprefix("Value error, ")
             if item["type"] == "union_tag_invalid":
                 msg = f"unknown provider; faasctl has endpoint templates for {', '.join(PROVIDER_FAMILIES)}"
         origin = " (from --set)" if field in set_paths else ""

@@ -14,6 +14,7 @@ here are pure: they never touch the file system or the network.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -72,6 +73,7 @@ class LauncherSettings(_Model):
 class _Blocks(_Model):
     """Scaling settings shared by every provider. A block is one batch job (or pod)."""
 
+    type: str = Field(description="parsl provider class; each subclass pins its own")
     init_blocks: int = Field(default=0, ge=0, description="blocks started with the endpoint")
     min_blocks: int = Field(default=0, ge=0, description="blocks kept even when idle")
     max_blocks: int = Field(default=1, ge=1, description="most blocks at once")
@@ -91,9 +93,16 @@ class _Blocks(_Model):
 
 
 class _Batch(_Blocks):
-    walltime: str = Field(default="01:00:00", pattern=WALLTIME_PATTERN, description="wall time of one block, HH:MM:SS (quote it)")
+    walltime: str = Field(default="01:00:00", description="wall time of one block, HH:MM:SS (quote it)")
     account: str | None = Field(default=None, description="allocation charged; null: users name theirs (user option 'account') or the scheduler's default")
     scheduler_options: str = Field(default="", description="extra lines for the batch script header (#SBATCH / #PBS ...)")
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime_format(cls, value: str) -> str:
+        if not re.fullmatch(WALLTIME_PATTERN, value):
+            raise ValueError('expected [D-]HH:MM:SS or MM:SS, e.g. "01:30:00"')
+        return value
 
     def walltime_minutes(self) -> int:
         """The walltime rounded up to whole minutes."""
@@ -203,7 +212,7 @@ class SiteRecord(_Model):
         ('SlurmProvider', 4)
     """
 
-    name: str = Field(pattern=NAME_PATTERN, description="site name, also the endpoint folder name")
+    name: str = Field(description="site name, also the endpoint folder name")
     description: str = Field(default="", description="one line shown by 'faasctl sites list'")
     endpoint: EndpointSettings = Field(default_factory=EndpointSettings)
     provider: ProviderSettings
@@ -223,6 +232,13 @@ class SiteRecord(_Model):
     def family(self) -> str:
         """The endpoint template family: slurm, pbspro, kubernetes or local."""
         return PROVIDER_FAMILIES[self.provider.type]
+
+    @field_validator("name")
+    @classmethod
+    def _name_format(cls, value: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, value):
+            raise ValueError("use lowercase letters, digits, '-' and '_' (it names the endpoint folder)")
+        return value
 
     @model_validator(mode="after")
     def _image_and_container(self) -> SiteRecord:

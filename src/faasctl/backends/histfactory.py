@@ -1,0 +1,683 @@
+"""HistFactory workspaces as dense arrays, with pyhf 0.7.6's semantics, built fast per patch.
+
+The compiled engine (`faasctl.backends.jax`) fits one array layout for every patch of a
+pallet. This module turns a patched workspace into that layout:
+
+* every bin of every (channel, sample) pair is one *cell* (channels sorted by name, then
+  samples sorted by name, as pyhf orders its bins);
+* every model parameter is one row (in pyhf's parameter order), and each modifier becomes
+  an entry of a ``(parameter, cell)`` array: ``histosys`` as code4p up/down deltas,
+  ``normsys`` as code4 hi/lo factors, and ``normfactor``, ``lumi``, ``shapefactor``,
+  ``staterror`` and ``shapesys`` as a 0/1 mask of the cells the parameter multiplies;
+* constraints, inits, bounds, fixed flags and auxiliary data are per-parameter vectors.
+
+The expected count of a cell is then ``(nom + sum_p delta_p(theta_p)) * prod_p g_p(theta_p)``
+with ``g_p = code4_p(theta_p) * (theta_p if masked else 1)``: exactly pyhf's
+``expected_data``. Arrays are padded (inert cells and fixed, unconstrained parameters)
+to sizes that rarely change between patches, so one compiled function serves a whole pallet.
+
+Only what differs between patches is rebuilt per patch: samples of the background are
+parsed once per background (keyed by object identity, see `BackgroundCache`), the patch is
+applied copy-on-write instead of deep-copying the background (`patched_spec`), and the
+parameter layout is cached per model structure (`Structure`).
+
+Anything this module does not implement exactly as pyhf does raises `UnsupportedModel`;
+the jax backend then hands the patch to plain pyhf.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from faasctl.exceptions import FaasctlError
+
+__all__ = [
+    "UnsupportedModel",
+    "ModelArrays",
+    "Structure",
+    "BackgroundCache",
+    "patched_spec",
+    "build_arrays",
+    "MODIFIER_TYPES",
+]
+
+log = logging.getLogger(__name__)
+
+#: pyhf's ``histfactory_set`` order, which decides the parameter order.
+MODIFIER_TYPES = ("histosys", "lumi", "normfactor", "normsys", "shapefactor", "shapesys", "staterror")
+#: Modifiers with one parameter per bin of the channel they act on.
+PER_BIN_TYPES = ("shapefactor", "shapesys", "staterror")
+#: Keys of a measurement's parameter config that pyhf lets a user override.
+PARAMSET_KEYS = ("inits", "bounds", "fixed", "auxdata", "sigmas", "factors")
+#: The interpolation codes this engine implements.
+SUPPORTED_CODES = {"normsys": "code4", "histosys": "code4p"}
+
+# Padding granularity: parameters and cells are rounded up to these multiples.
+PAR_QUANTUM = 8
+CELL_QUANTUM = 16
+
+
+class UnsupportedModel(FaasctlError):
+    """Raised when a workspace uses a feature the compiled engine does not implement.
+
+    The jax backend catches it and fits the patch with plain pyhf instead.
+    """
+
+
+# --- copy-on-write patching ----------------------------------------------------------------
+
+
+def _unescape(token: str) -> str:
+    return token.replace("~1", "/").replace("~0", "~")
+
+
+def _pointer(path: str) -> list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise UnsupportedModel(f"JSON pointer {path!r} does not start with '/'")
+    return [_unescape(t) for t in path[1:].split("/")]
+
+
+def _index(container: list[Any], token: str, *, allow_end: bool) -> int:
+    if allow_end and token == "-":
+        return len(container)
+    if not token.isdigit() or (token != "0" and token.startswith("0")):
+        raise UnsupportedModel(f"bad list index {token!r}")
+    index = int(token)
+    if index > len(container) or (index == len(container) and not allow_end):
+        raise UnsupportedModel(f"list index {index} out of range")
+    return index
+
+
+def patched_spec(background: Mapping[str, Any], operations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``background`` with the JSON Patch ``operations`` applied, sharing what they leave alone.
+
+    Only the containers on the path of each operation are copied (shallowly); every other
+    object, in particular the unchanged samples, is the background's own. The result must
+    be treated as read-only. Handles ``add``, ``remove``, ``replace`` and ``test``; any
+    other operation, or one that does not apply, raises `UnsupportedModel` (the caller
+    then uses the general, deep-copying `faasctl.pallet.apply_patch`).
+    """
+    root: dict[str, Any] = dict(background)
+    copied = {id(root)}
+
+    def parent_of(tokens: list[str]) -> Any:
+        node: Any = root
+        for token in tokens[:-1]:
+            if isinstance(node, dict):
+                if token not in node:
+                    raise UnsupportedModel(f"no member {token!r}")
+                child = node[token]
+                key: Any = token
+            elif isinstance(node, list):
+                key = _index(node, token, allow_end=False)
+                child = node[key]
+            else:
+                raise UnsupportedModel("path goes through a scalar")
+            if id(child) not in copied and isinstance(child, (dict, list)):
+                child = copy.copy(child)
+                copied.add(id(child))
+                node[key] = child
+            node = child
+        return node
+
+    for op in operations:
+        kind = op.get("op")
+        tokens = _pointer(op.get("path", ""))
+        if kind == "test":
+            node: Any = root
+            for token in tokens:
+                node = node[token] if isinstance(node, dict) else node[_index(node, token, allow_end=False)]
+            if node != op["value"]:
+                raise UnsupportedModel(f"test at {op['path']!r} failed")
+            continue
+        if kind not in ("add", "remove", "replace") or not tokens:
+            raise UnsupportedModel(f"patch operation {kind!r} on {op.get('path')!r} is not handled here")
+        parent = parent_of(tokens)
+        last = tokens[-1]
+        if isinstance(parent, dict):
+            if kind != "add" and last not in parent:
+                raise UnsupportedModel(f"no member {last!r} to {kind}")
+            if kind == "remove":
+                del parent[last]
+            else:
+                parent[last] = op["value"]
+        elif isinstance(parent, list):
+            index = _index(parent, last, allow_end=kind == "add")
+            if kind == "add":
+                parent.insert(index, op["value"])
+            elif kind == "remove":
+                del parent[index]
+            else:
+                parent[index] = op["value"]
+        else:
+            raise UnsupportedModel("path goes through a scalar")
+    return root
+
+
+# --- parsed samples ------------------------------------------------------------------------
+
+
+@dataclass
+class SampleBlock:
+    """One sample's numbers, parsed once (background samples are cached per background)."""
+
+    nom: np.ndarray
+    #: modifier type -> [(name, data)], data: histosys (hi, lo) arrays, normsys (hi, lo)
+    #: floats, staterror/shapesys uncertainty array, None for factor types
+    mods: dict[str, list[tuple[str, Any]]]
+    #: sorted (name, type) pairs, as pyhf orders modifiers
+    keys: tuple[tuple[str, str], ...]
+
+
+def parse_sample(sample: Mapping[str, Any], nbins: int, where: str) -> SampleBlock:
+    """Parse ``sample`` (in a channel of ``nbins`` bins) into a `SampleBlock`."""
+    nom = np.asarray(sample["data"], dtype=float)
+    if nom.shape != (nbins,):
+        raise UnsupportedModel(f"{where}: data has {nom.size} bins, the channel has {nbins}")
+    mods: dict[str, list[tuple[str, Any]]] = {t: [] for t in MODIFIER_TYPES}
+    seen: dict[tuple[str, str], int] = {}
+    for mod in sample["modifiers"]:
+        name, mtype, data = mod["name"], mod["type"], mod.get("data")
+        if mtype not in mods:
+            raise UnsupportedModel(f"{where}: modifier type {mtype!r} is not supported")
+        if (name, mtype) in seen:
+            # pyhf keeps the last of duplicated modifiers (a dict keyed by type/name)
+            mods[mtype] = [(n, d) for n, d in mods[mtype] if n != name]
+        seen[(name, mtype)] = 1
+        if mtype == "histosys":
+            hi = np.asarray(data["hi_data"], dtype=float)
+            lo = np.asarray(data["lo_data"], dtype=float)
+            if hi.shape != (nbins,) or lo.shape != (nbins,):
+                raise UnsupportedModel(f"{where}: histosys {name!r} has the wrong number of bins")
+            parsed: Any = (hi, lo)
+        elif mtype == "normsys":
+            parsed = (float(data["hi"]), float(data["lo"]))
+            if not (parsed[0] > 0 and parsed[1] > 0):
+                raise UnsupportedModel(f"{where}: normsys {name!r} has a non-positive factor {parsed}")
+        elif mtype in ("staterror", "shapesys"):
+            parsed = np.asarray(data, dtype=float)
+            if parsed.shape != (nbins,):
+                raise UnsupportedModel(f"{where}: {mtype} {name!r} has the wrong number of bins")
+        else:
+            parsed = None
+        mods[mtype].append((name, parsed))
+    return SampleBlock(nom=nom, mods=mods, keys=tuple(sorted(seen)))
+
+
+class BackgroundCache:
+    """Parsed samples of one background workspace, keyed by object identity.
+
+    `patched_spec` shares the background's sample objects, so a sample whose object is
+    the background's own is parsed once per worker, not once per patch.
+    """
+
+    def __init__(self, background: Mapping[str, Any]) -> None:
+        self.background = background  # keeps the objects (and so their ids) alive
+        self._blocks: dict[int, tuple[Any, SampleBlock]] = {}
+        self._known = {id(s) for c in background.get("channels", []) for s in c.get("samples", [])}
+
+    def block(self, sample: Mapping[str, Any], nbins: int, where: str) -> SampleBlock:
+        key = id(sample)
+        hit = self._blocks.get(key)
+        if hit is not None and hit[0] is sample and hit[1].nom.size == nbins:
+            return hit[1]
+        block = parse_sample(sample, nbins, where)
+        if key in self._known:
+            self._blocks[key] = (sample, block)
+        return block
+
+
+# --- parameters ----------------------------------------------------------------------------
+
+
+@dataclass
+class ParamSet:
+    """One named parameter set (pyhf ``paramset``) and its static configuration."""
+
+    name: str
+    kind: str  # the modifier type that defines it (histosys and normsys share "alpha")
+    start: int
+    n: int
+    #: user overrides from the measurement config (validated)
+    user: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Structure:
+    """The parameter layout shared by all patches with the same model structure.
+
+    The structure of a patched workspace is its channels (and bins), the per-bin
+    modifiers with the channels they act on, and the set of (modifier name, type) pairs:
+    everything that decides the parameters, but not their values.
+    """
+
+    key: tuple[Any, ...]
+    channels: tuple[tuple[str, int], ...]
+    paramsets: dict[str, ParamSet]
+    order: list[str]
+    npars: int
+    poi: int
+    poi_name: str
+    #: per-bin parameter sets: name -> the channels (sorted) whose bins map to parameters
+    bin_channels: dict[str, tuple[str, ...]]
+
+    @property
+    def par_names(self) -> list[str]:
+        names = []
+        for name in self.order:
+            ps = self.paramsets[name]
+            names += [name] if ps.kind not in PER_BIN_TYPES else [f"{name}[{i}]" for i in range(ps.n)]
+        return names
+
+
+@dataclass
+class ModelArrays:
+    """The numbers of one patched workspace, in the padded layout the kernel compiles for.
+
+    ``P`` parameters, ``C`` cells and ``B`` bins (padded ``P`` and ``C``).
+    """
+
+    structure: Structure
+    nom: np.ndarray  # (C,)
+    bin_index: np.ndarray  # (C,) int: the bin each cell adds to
+    hs_up: np.ndarray  # (P, C) histosys hi - nom
+    hs_dn: np.ndarray  # (P, C) histosys nom - lo
+    ns_hi: np.ndarray  # (P, C) normsys hi factor (1 where absent)
+    ns_lo: np.ndarray  # (P, C) normsys lo factor (1 where absent)
+    lin: np.ndarray  # (P, C) 1 where the parameter multiplies the cell
+    gauss: np.ndarray  # (P,) bool: Gaussian constraint
+    sigma: np.ndarray  # (P,)
+    pois: np.ndarray  # (P,) bool: Poisson constraint (shapesys)
+    tau: np.ndarray  # (P,) Poisson rate factors
+    aux: np.ndarray  # (P,) observed auxiliary data (by parameter)
+    init: np.ndarray  # (P,)
+    lower: np.ndarray  # (P,)
+    upper: np.ndarray  # (P,)
+    fixed: np.ndarray  # (P,) bool
+    data: np.ndarray  # (B,) observed counts
+    poi: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.hs_up.shape[0], self.hs_up.shape[1], self.data.size)
+
+
+def _round_up(n: int, quantum: int) -> int:
+    return max(quantum, -(-n // quantum) * quantum)
+
+
+def _defaults(kind: str, n: int) -> dict[str, Any]:
+    """pyhf's ``required_parset`` defaults (data-dependent ones are filled in later)."""
+    if kind in ("histosys", "normsys"):
+        return {"inits": [0.0], "bounds": [[-5.0, 5.0]], "fixed": False, "auxdata": [0.0], "sigmas": "undefined",
+                "factors": "undefined"}
+    if kind == "lumi":
+        return {"inits": None, "bounds": None, "fixed": False, "auxdata": None, "sigmas": None, "factors": "undefined"}
+    if kind == "normfactor":
+        return {"inits": [1.0], "bounds": [[0.0, 10.0]], "fixed": False, "auxdata": "undefined",
+                "sigmas": "undefined", "factors": "undefined"}
+    if kind == "shapefactor":
+        return {"inits": [1.0] * n, "bounds": [[0.0, 10.0]] * n, "fixed": False, "auxdata": "undefined",
+                "sigmas": "undefined", "factors": "undefined"}
+    if kind == "staterror":
+        return {"inits": [1.0] * n, "bounds": [[1e-10, 10.0]] * n, "fixed": [False] * n, "auxdata": [1.0] * n,
+                "sigmas": [1.0] * n, "factors": "undefined"}
+    if kind == "shapesys":
+        return {"inits": [1.0] * n, "bounds": [[1e-10, 10.0]] * n, "fixed": [False] * n, "auxdata": [1.0] * n,
+                "sigmas": "undefined", "factors": [1.0] * n}
+    raise UnsupportedModel(f"modifier type {kind!r} is not supported")
+
+
+def _check_user(ps: ParamSet, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The user overrides pyhf would accept for ``ps`` (else `UnsupportedModel`)."""
+    defaults = _defaults(ps.kind, ps.n)
+    user = {}
+    for key in PARAMSET_KEYS:
+        if key not in config:
+            continue
+        value, default = config[key], defaults[key]
+        if default == "undefined":
+            if value:
+                raise UnsupportedModel(f"parameter {ps.name!r} ({ps.kind}) does not take {key!r}")
+            continue
+        if isinstance(value, list) and isinstance(default, list) and len(value) != len(default):
+            raise UnsupportedModel(f"parameter {ps.name!r}: {key} has {len(value)} values, expected {len(default)}")
+        user[key] = value
+    return user
+
+
+def _structure(
+    cells: list[tuple[str, str, SampleBlock]],
+    channels: tuple[tuple[str, int], ...],
+    measurement: Mapping[str, Any],
+    key: tuple[Any, ...],
+) -> Structure:
+    """The parameter layout of a model: pyhf's parameter order, sizes and user config."""
+    # pyhf registers parameter sets builder by builder (histfactory_set order), each walking
+    # channels, samples and modifiers in sorted order; staterror registers in name order.
+    first: dict[str, list[str]] = {t: [] for t in MODIFIER_TYPES}
+    kinds: dict[str, str] = {}
+    bin_channels: dict[str, set[str]] = {}
+    nbins = dict(channels)
+    for channel, _sample, block in cells:
+        for name, mtype in block.keys:
+            if name not in kinds:
+                kinds[name] = mtype
+            elif kinds[name] != mtype and {kinds[name], mtype} != {"histosys", "normsys"}:
+                raise UnsupportedModel(f"modifier name {name!r} is used with types {kinds[name]!r} and {mtype!r}")
+            if name not in first[mtype]:
+                first[mtype].append(name)
+            if mtype in PER_BIN_TYPES:
+                bin_channels.setdefault(name, set()).add(channel)
+    first["staterror"].sort()
+    order = list(dict.fromkeys(n for t in MODIFIER_TYPES for n in first[t]))
+
+    params = {p["name"]: p for p in measurement.get("config", {}).get("parameters", [])}
+    paramsets: dict[str, ParamSet] = {}
+    start = 0
+    for name in order:
+        kind = kinds[name]
+        if kind == "normsys":
+            kind = "histosys"  # one constrained-by-normal alpha, whichever type came first
+        if kind in PER_BIN_TYPES:
+            chans = sorted(bin_channels[name])
+            if kind == "shapesys" and len(chans) != 1:
+                raise UnsupportedModel(f"shapesys {name!r} acts on several channels")
+            if kind == "shapefactor":
+                sizes = {nbins[c] for c in chans}
+                if len(sizes) != 1:
+                    raise UnsupportedModel(f"shapefactor {name!r} acts on channels of different sizes")
+                n = sizes.pop()
+            else:
+                n = sum(nbins[c] for c in chans)
+        else:
+            n = 1
+        ps = ParamSet(name=name, kind=kind, start=start, n=n)
+        ps.user = _check_user(ps, params.get(name, {}))
+        paramsets[name] = ps
+        start += n
+    if not paramsets:
+        raise UnsupportedModel("the model has no parameters")
+
+    poi_name = measurement.get("config", {}).get("poi")
+    if poi_name not in paramsets or paramsets[poi_name].n != 1 or paramsets[poi_name].kind in PER_BIN_TYPES:
+        raise UnsupportedModel(f"POI {poi_name!r} is not a scalar parameter of the model")
+    return Structure(
+        key=key,
+        channels=channels,
+        paramsets=paramsets,
+        order=order,
+        npars=start,
+        poi=paramsets[poi_name].start,
+        poi_name=poi_name,
+        bin_channels={k: tuple(sorted(v)) for k, v in bin_channels.items()},
+    )
+
+
+def _as_list(value: Any, n: int, what: str) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise UnsupportedModel(f"{what} has {len(value)} values, expected {n}")
+        return list(value)
+    return [value] * n
+
+
+def build_arrays(
+    spec: Mapping[str, Any],
+    cache: BackgroundCache | None = None,
+    structures: dict[tuple[Any, ...], Structure] | None = None,
+    *,
+    min_cells: int = 0,
+) -> ModelArrays:
+    """The padded arrays of a (patched) workspace spec.
+
+    Args:
+        spec: a workspace (channels, observations, measurements); read only.
+        cache: parsed background samples (see `BackgroundCache`).
+        structures: a cache of `Structure` by structure key, shared across patches.
+        min_cells: pad the cells to at least this many (keeps one size for a pallet).
+
+    Raises:
+        UnsupportedModel: the workspace uses something this engine does not implement.
+    """
+    try:
+        return _build_arrays(spec, cache, structures, min_cells)
+    except UnsupportedModel:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise UnsupportedModel(f"cannot read the workspace: {type(err).__name__}: {err}") from err
+
+
+def _build_arrays(
+    spec: Mapping[str, Any],
+    cache: BackgroundCache | None,
+    structures: dict[tuple[Any, ...], Structure] | None,
+    min_cells: int,
+) -> ModelArrays:
+    measurements = spec.get("measurements") or []
+    if not measurements:
+        raise UnsupportedModel("the workspace has no measurement")
+    measurement = measurements[0]
+
+    # channels and cells, in pyhf's bin order (channels sorted, then samples sorted)
+    by_name = {}
+    for channel in spec["channels"]:
+        if channel["name"] in by_name:
+            raise UnsupportedModel(f"channel {channel['name']!r} is defined twice")
+        by_name[channel["name"]] = channel
+    channels = tuple((name, len(by_name[name]["samples"][0]["data"])) for name in sorted(by_name))
+    cells: list[tuple[str, str, SampleBlock]] = []
+    for name, nbins in channels:
+        samples = {}
+        for sample in by_name[name]["samples"]:
+            if sample["name"] in samples:
+                raise UnsupportedModel(f"sample {sample['name']!r} appears twice in channel {name!r}")
+            samples[sample["name"]] = sample
+        for sname in sorted(samples):
+            where = f"channel {name!r} sample {sname!r}"
+            block = cache.block(samples[sname], nbins, where) if cache else parse_sample(samples[sname], nbins, where)
+            cells.append((name, sname, block))
+
+    # the structure: what decides the parameters (not their values)
+    mod_keys: set[tuple[str, str]] = set()
+    per_bin: set[tuple[str, str, str]] = set()
+    for channel, _s, block in cells:
+        mod_keys.update(block.keys)
+        for mtype in PER_BIN_TYPES:
+            per_bin.update((n, mtype, channel) for n, _ in block.mods[mtype])
+    skey = (channels, frozenset(mod_keys), frozenset(per_bin), repr(measurement.get("config")))
+    structure = structures.get(skey) if structures is not None else None
+    if structure is None:
+        structure = _structure(cells, channels, measurement, skey)
+        if structures is not None:
+            structures[skey] = structure
+    ps_by_name = structure.paramsets
+
+    # layout sizes
+    B = sum(n for _, n in channels)
+    ncells = sum(block.nom.size for *_, block in cells)
+    P = _round_up(structure.npars, PAR_QUANTUM)
+    C = _round_up(max(ncells, min_cells), CELL_QUANTUM)
+
+    nom = np.zeros(C)
+    bin_index = np.zeros(C, dtype=np.int32)
+    hs_up = np.zeros((P, C))
+    hs_dn = np.zeros((P, C))
+    ns_hi = np.ones((P, C))
+    ns_lo = np.ones((P, C))
+    lin = np.zeros((P, C))
+
+    bin_offset = {}
+    offset = 0
+    for name, nbins in channels:
+        bin_offset[name] = offset
+        offset += nbins
+    # local bin -> parameter offset for per-bin sets acting on several channels
+    perbin_offset = {}
+    for name, chans in structure.bin_channels.items():
+        ps = ps_by_name[name]
+        o = 0
+        for c in chans:
+            perbin_offset[(name, c)] = 0 if ps.kind == "shapefactor" else o
+            o += dict(channels)[c]
+
+    staterr: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
+    shapesys: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    cell = 0
+    cell_of: dict[tuple[str, str], int] = {}
+    for channel, sname, block in cells:
+        nb = block.nom.size
+        sl = slice(cell, cell + nb)
+        cell_of[(channel, sname)] = cell
+        nom[sl] = block.nom
+        b0 = bin_offset[channel]
+        bin_index[sl] = np.arange(b0, b0 + nb)
+        mods = block.mods
+        if mods["histosys"]:
+            idx = [ps_by_name[n].start for n, _ in mods["histosys"]]
+            hs_up[idx, sl] = [hi - block.nom for _, (hi, lo) in mods["histosys"]]
+            hs_dn[idx, sl] = [block.nom - lo for _, (hi, lo) in mods["histosys"]]
+        if mods["normsys"]:
+            idx = [ps_by_name[n].start for n, _ in mods["normsys"]]
+            ns_hi[idx, sl] = np.array([[hi] for _, (hi, lo) in mods["normsys"]])
+            ns_lo[idx, sl] = np.array([[lo] for _, (hi, lo) in mods["normsys"]])
+        for mtype in ("normfactor", "lumi"):
+            if mods[mtype]:
+                lin[[ps_by_name[n].start for n, _ in mods[mtype]], sl] = 1.0
+        for mtype in PER_BIN_TYPES:
+            for n, data in mods[mtype]:
+                p0 = ps_by_name[n].start + perbin_offset[(n, channel)]
+                lin[np.arange(p0, p0 + nb), np.arange(cell, cell + nb)] = 1.0
+                if mtype == "staterror":
+                    staterr.setdefault(n, {}).setdefault(sname, {})[channel] = (data, block.nom)
+                elif mtype == "shapesys":
+                    if n in shapesys:
+                        raise UnsupportedModel(f"shapesys {n!r} acts on more than one sample")
+                    shapesys[n] = (data, block.nom)
+        cell += nb
+    if cell < C:
+        bin_index[cell:] = 0  # padding cells: nominal 0, no modifiers
+
+    # per-parameter vectors, in pyhf's paramset semantics
+    npad = P
+    gauss = np.zeros(npad, dtype=bool)
+    pois = np.zeros(npad, dtype=bool)
+    sigma = np.ones(npad)
+    tau = np.ones(npad)
+    aux = np.zeros(npad)
+    init = np.zeros(npad)
+    lower = np.zeros(npad)
+    upper = np.zeros(npad)
+    fixed = np.ones(npad, dtype=bool)  # padding stays fixed
+    samples_by_channel: dict[str, dict[str, SampleBlock]] = {}
+    for channel, sname, block in cells:
+        samples_by_channel.setdefault(channel, {})[sname] = block
+
+    for name in structure.order:
+        ps = ps_by_name[name]
+        d = _defaults(ps.kind, ps.n)
+        if ps.kind == "staterror":
+            d["sigmas"], d["fixed"] = _staterror_sigmas(name, staterr[name], structure.bin_channels[name],
+                                                        samples_by_channel, dict(channels))
+        elif ps.kind == "shapesys":
+            unc, snom = shapesys[name]
+            valid = (snom > 0) & (unc > 0)
+            factors = np.where(valid, snom**2 / np.where(valid, unc, 1.0) ** 2, 1.0)
+            d["factors"] = factors.tolist()
+            d["auxdata"] = factors.tolist()
+            d["fixed"] = (~valid).tolist()
+        d.update(ps.user)
+        sl = slice(ps.start, ps.start + ps.n)
+        if d["inits"] is None or d["bounds"] is None:
+            raise UnsupportedModel(f"parameter {name!r} ({ps.kind}) needs inits and bounds in the measurement config")
+        init[sl] = _as_list(d["inits"], ps.n, f"{name} inits")
+        bounds = np.asarray(d["bounds"], dtype=float)
+        if bounds.shape != (ps.n, 2):
+            raise UnsupportedModel(f"parameter {name!r}: bounds {d['bounds']!r} are not {ps.n} [low, high] pairs")
+        lower[sl], upper[sl] = bounds[:, 0], bounds[:, 1]
+        fixed[sl] = _as_list(d["fixed"], ps.n, f"{name} fixed")
+        if ps.kind in ("histosys", "lumi", "staterror"):
+            if d["auxdata"] is None:
+                raise UnsupportedModel(f"parameter {name!r} ({ps.kind}) needs auxdata in the measurement config")
+            gauss[sl] = True
+            aux[sl] = _as_list(d["auxdata"], ps.n, f"{name} auxdata")
+            # pyhf uses the paramset's sigmas when set (and non-empty), else width 1
+            sig = d.get("sigmas")
+            sigma[sl] = _as_list(sig, ps.n, f"{name} sigmas") if sig not in (None, "undefined") and sig else 1.0
+        elif ps.kind == "shapesys":
+            pois[sl] = True
+            aux[sl] = _as_list(d["auxdata"], ps.n, f"{name} auxdata")
+            tau[sl] = _as_list(d["factors"], ps.n, f"{name} factors")
+
+    real = slice(0, structure.npars)
+    if np.any(init[real] < lower[real]) or np.any(init[real] > upper[real]):
+        raise UnsupportedModel("an initial parameter value lies outside its bounds")
+    poi = structure.poi
+    if fixed[poi]:
+        raise UnsupportedModel(f"the POI {structure.poi_name!r} is fixed")
+    if not (lower[poi] <= 0.0 <= upper[poi] and lower[poi] <= 1.0 <= upper[poi]):
+        raise UnsupportedModel(f"the POI {structure.poi_name!r} bounds do not contain 0 and 1")
+    if np.any(sigma[gauss] <= 0) or np.any(tau[pois] <= 0):
+        raise UnsupportedModel("a constraint has a non-positive width")
+    # padding: inert, fixed at 0 with bounds [0, 0]
+
+    observations = {obs["name"]: obs["data"] for obs in spec["observations"]}
+    data = np.concatenate([np.asarray(observations[name], dtype=float) for name, _ in channels])
+    if data.size != B:
+        raise UnsupportedModel("observations do not match the channels' bins")
+    if not (np.all(np.isfinite(data)) and np.all(np.isfinite(nom)) and np.all(np.isfinite(hs_up))
+            and np.all(np.isfinite(hs_dn))):
+        raise UnsupportedModel("the workspace holds non-finite numbers")
+    return ModelArrays(
+        structure=structure, nom=nom, bin_index=bin_index, hs_up=hs_up, hs_dn=hs_dn, ns_hi=ns_hi, ns_lo=ns_lo,
+        lin=lin, gauss=gauss, sigma=sigma, pois=pois, tau=tau, aux=aux, init=init, lower=lower, upper=upper,
+        fixed=fixed, data=data, poi=poi,
+    )
+
+
+def _staterror_sigmas(
+    name: str,
+    by_sample: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    chans: tuple[str, ...],
+    samples_by_channel: dict[str, dict[str, SampleBlock]],
+    nbins: dict[str, int],
+) -> tuple[list[float], list[bool]]:
+    """pyhf's staterror widths: relative uncertainty of the summed samples, per bin.
+
+    Sums run over the samples that carry the modifier; bins without uncertainty are fixed
+    (and get width 1, as pyhf does).
+    """
+    for sname, per_channel in by_sample.items():
+        if tuple(sorted(per_channel)) != chans:
+            raise UnsupportedModel(f"staterror {name!r} acts on different channels for different samples")
+    sigmas: list[float] = []
+    for c in chans:
+        nomsall = np.zeros(nbins[c])
+        for sname in by_sample:
+            block = samples_by_channel[c].get(sname)
+            if block is not None:
+                nomsall = nomsall + block.nom
+        relerr2 = np.zeros(nbins[c])
+        positive = nomsall > 0
+        for sname, per_channel in by_sample.items():
+            unc = per_channel[c][0]
+            relerr2 = relerr2 + np.where(positive, (unc / np.where(positive, nomsall, 1.0)) ** 2, 0.0)
+        sigmas += np.sqrt(relerr2).tolist()
+    fixed = [s == 0 for s in sigmas]
+    return [1.0 if f else s for s, f in zip(sigmas, fixed)], fixed
+
+
+def check_settings(modifier_settings: Mapping[str, Mapping[str, str]]) -> None:
+    """Raise `UnsupportedModel` unless the interpolation codes are the ones implemented."""
+    for mtype, code in SUPPORTED_CODES.items():
+        got = modifier_settings.get(mtype, {}).get("interpcode", code)
+        if got != code:
+            raise UnsupportedModel(f"{mtype} interpolation {got!r} is not implemented (only {code})")
+

@@ -1,0 +1,467 @@
+"""The compiled fit backend: pyhf's CLs hypothesis test, compiled once per model layout.
+
+How one patch is computed:
+
+1. The patch is applied copy-on-write (`histfactory.patched_spec`: no deep copy of the
+   background) and turned into padded dense arrays (`histfactory.build_arrays`): pyhf
+   0.7.6's HistFactory semantics (parameter order, inits, bounds, fixed parameters,
+   constraints, auxiliary data) with everything patch-specific as array *values*.
+2. The arrays go to functions compiled with ``jax.jit`` once per array *shape* (parameters,
+   cells, bins, padded so all patches of a pallet normally share one shape) and kept warm
+   for the life of the process (`TRACES` counts the compilations).
+3. Five bounded fits of the NLL, as pyhf's ``AsymptoticCalculator`` with ``qtilde`` does
+   them (POI fixed at 0 for the Asimov data; POI at 1 and free on the observed and on the
+   Asimov data), each a damped, projected Newton method in one ``lax.while_loop``
+   (`_fit`), with the exact gradient and Hessian (`_derivatives`): the expected counts
+   are ``(nom + sum delta_p) * prod g_p``, so their derivatives follow from the per-entry
+   first and second derivatives of the interpolation codes (taken with ``jax.jvp``) and
+   exclusive products, without a dense autodiff Hessian.
+4. ``qtilde``, CLs and the expected CLs band from the fitted NLL values exactly as pyhf's
+   calculator computes them (`cls_from_teststats`).
+
+Fits converge much tighter than pyhf's SLSQP (Newton decrement below 1e-10), so they find
+the same or slightly lower minima; CLs agree with pyhf to ~1e-5 absolute or better.
+
+Fallback: a patch whose workspace uses something the engine does not implement
+(`histfactory.UnsupportedModel`: other interpolation codes, unusual parameter configs, ...)
+or whose fit does not converge is computed with plain pyhf (the ``numpy`` reference backend)
+and a warning is logged; `JaxBackend.stats` counts such patches. Set ``fallback=False`` to
+raise `FitNotConverged` / `UnsupportedModel` instead (the worker then records the patch as
+failed). A non-converged fit is never returned.
+
+Float64 is switched on only around this module's own tracing and calls
+(``jax.enable_x64`` as a context manager), so other JAX code in the process keeps its
+default precision.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.scipy.linalg import cho_solve
+from jax.scipy.special import gammaln, xlogy
+
+from faasctl.backends.base import Backend, HypotestResult
+from faasctl.backends.histfactory import (
+    BackgroundCache,
+    ModelArrays,
+    Structure,
+    UnsupportedModel,
+    build_arrays,
+    check_settings,
+    patched_spec,
+)
+from faasctl.exceptions import FaasctlError
+from faasctl.pallet import MODIFIER_SETTINGS, Patch, apply_patch
+
+__all__ = ["JaxBackend", "FitNotConverged", "backend", "TRACES", "cls_from_teststats"]
+
+log = logging.getLogger(__name__)
+
+#: Times each compiled function was traced in this process (one per array shape).
+TRACES: collections.Counter[str] = collections.Counter()
+
+#: Newton decrement (about twice the NLL distance to the minimum) that ends a fit.
+TOLERANCE = 1e-10
+#: A fit whose line search can no longer improve the NLL counts as converged when its
+#: Newton decrement is below this (the float64 rounding floor of the NLL).
+ROUNDING_TOLERANCE = 1e-7
+MAX_ITERATIONS = 200
+
+
+class FitNotConverged(FaasctlError):
+    """Raised when a Newton fit of the compiled engine does not converge (``fallback=False``)."""
+
+
+def _code4_inverse(alpha0: float = 1.0) -> np.ndarray:
+    """pyhf's code4 ``A_inverse`` (polynomial coefficients from the boundary conditions)."""
+    a = alpha0
+    return np.array([
+        [15.0 / (16 * a), -15.0 / (16 * a), -7.0 / 16.0, -7.0 / 16.0, 1.0 / 16 * a, -1.0 / 16.0 * a],
+        [3.0 / (2 * a**2), 3.0 / (2 * a**2), -9.0 / (16 * a), 9.0 / (16 * a), 1.0 / 16, 1.0 / 16],
+        [-5.0 / (8 * a**3), 5.0 / (8 * a**3), 5.0 / (8 * a**2), 5.0 / (8 * a**2), -1.0 / (8 * a), 1.0 / (8 * a)],
+        [3.0 / (-2 * a**4), 3.0 / (-2 * a**4), -7.0 / (-8 * a**3), 7.0 / (-8 * a**3), -1.0 / (8 * a**2),
+         -1.0 / (8 * a**2)],
+        [3.0 / (16 * a**5), -3.0 / (16 * a**5), -3.0 / (16 * a**4), -3.0 / (16 * a**4), 1.0 / (16 * a**3),
+         -1.0 / (16 * a**3)],
+        [1.0 / (2 * a**6), 1.0 / (2 * a**6), -5.0 / (16 * a**5), 5.0 / (16 * a**5), 1.0 / (16 * a**4),
+         1.0 / (16 * a**4)],
+    ])
+
+
+class Prepared(NamedTuple):
+    """Per-patch arrays on the device, derived once from `ModelArrays`."""
+
+    nom: jax.Array  # (C,)
+    onehot: jax.Array  # (B, C): cell -> bin
+    hs_up: jax.Array  # (P, C)
+    hs_dn: jax.Array
+    hs_s: jax.Array  # code4p: (up + dn) / 2
+    hs_a: jax.Array  # code4p: (up - dn) / 16
+    ns_hi: jax.Array  # (P, C)
+    ns_lo: jax.Array
+    ns_coef: jax.Array  # (6, P, C) code4 polynomial coefficients
+    lin: jax.Array  # (P, C) bool
+    gauss: jax.Array  # (P,) bool
+    sigma: jax.Array
+    pois: jax.Array  # (P,) bool
+    tau: jax.Array
+    lower: jax.Array
+    upper: jax.Array
+
+
+def _prepare(nom, bin_index, hs_up, hs_dn, ns_hi, ns_lo, lin, gauss, sigma, pois, tau, lower, upper, data):
+    TRACES["prepare"] += 1
+    onehot = (bin_index[None, :] == jnp.arange(data.shape[0])[:, None]).astype(nom.dtype)
+    log_hi, log_lo = jnp.log(ns_hi), jnp.log(ns_lo)
+    b = jnp.stack([ns_hi - 1.0, ns_lo - 1.0, log_hi * ns_hi, -log_lo * ns_lo, log_hi**2 * ns_hi, log_lo**2 * ns_lo])
+    coef = jnp.einsum("rc,cpk->rpk", jnp.asarray(_code4_inverse(), dtype=nom.dtype), b)
+    return Prepared(
+        nom=nom, onehot=onehot, hs_up=hs_up, hs_dn=hs_dn, hs_s=0.5 * (hs_up + hs_dn), hs_a=0.0625 * (hs_up - hs_dn),
+        ns_hi=ns_hi, ns_lo=ns_lo, ns_coef=coef, lin=lin > 0, gauss=gauss, sigma=sigma, pois=pois, tau=tau,
+        lower=lower, upper=upper,
+    )
+
+
+def _entries(theta: jax.Array, m: Prepared) -> tuple[jax.Array, jax.Array]:
+    """Per (parameter, cell): the additive histosys delta (code4p) and the factor g.
+
+    ``g`` is the normsys factor (code4) times the parameter itself where it multiplies the
+    cell (normfactor, lumi, staterror, shapesys, shapefactor). Each entry depends on its
+    own parameter only, which `_derivatives` relies on.
+    """
+    a = theta[:, None]
+    # code4p, as pyhf.interpolators.code4p
+    a2 = a * a
+    inside = a2 * (a2 * (a2 * 3.0 - 10.0) + 15.0) * m.hs_a + a * m.hs_s
+    delta = jnp.where(a < -1.0, a * m.hs_dn, jnp.where(a > 1.0, a * m.hs_up, inside))
+    # code4, as pyhf.interpolators.code4 (alpha0 = 1); power() only on positive bases
+    c = m.ns_coef
+    poly = 1.0 + a * (c[0] + a * (c[1] + a * (c[2] + a * (c[3] + a * (c[4] + a * c[5])))))
+    interior = (a > -1.0) & (a < 1.0)
+    base = jnp.where(interior, 1.0, jnp.where(a >= 1.0, m.ns_hi, m.ns_lo))
+    normsys = jnp.where(interior, poly, jnp.power(base, jnp.abs(a)))
+    g = normsys * jnp.where(m.lin, a, 1.0)
+    return delta, g
+
+
+def _constraint_value(theta, m: Prepared, aux):
+    gauss = 0.5 * ((aux - theta) / m.sigma) ** 2 + jnp.log(m.sigma) + 0.5 * math.log(2.0 * math.pi)
+    rate = jnp.where(m.pois, theta, 1.0) * m.tau
+    pois = rate - xlogy(aux, rate) + gammaln(aux + 1.0)
+    return jnp.sum(jnp.where(m.gauss, gauss, 0.0)) + jnp.sum(jnp.where(m.pois, pois, 0.0))
+
+
+def _nll(theta, m: Prepared, data, aux):
+    """The negative log-likelihood (pyhf's ``-logpdf``, all constants included)."""
+    delta, g = _entries(theta, m)
+    nu = m.onehot @ ((m.nom + delta.sum(0)) * g.prod(0))
+    main = jnp.sum(nu - xlogy(data, nu) + gammaln(data + 1.0))
+    return main + _constraint_value(theta, m, aux)
+
+
+def _expected(theta, m: Prepared):
+    delta, g = _entries(theta, m)
+    return m.onehot @ ((m.nom + delta.sum(0)) * g.prod(0))
+
+
+def _derivatives(theta, m: Prepared, data, aux):
+    """NLL, its gradient and its exact Hessian at ``theta``.
+
+    With cell counts ``nu_c = A_c G_c`` (``A = nom + sum_p delta_p``, ``G = prod_p g_p``),
+    bin counts ``nu_b = sum_c nu_c`` and ``L = sum_b nu_b - n_b log nu_b``:
+    ``grad = J r`` and ``H = J diag(n / nu^2) J^T + sum_c r_c d2 nu_c`` with
+    ``J = d nu / d theta`` and ``r = 1 - n / nu``. Off the diagonal
+    ``d_p d_q nu_c = A'_p dG_q + A'_q dG_p + A G T_p T_q`` (``T = g' / g``); the diagonal is
+    computed separately. ``dG_p = g'_p prod_{q != p} g_q`` uses exclusive products, so the
+    gradient stays exact when a factor is zero (a POI at 0).
+    """
+    ones = jnp.ones_like(theta)
+
+    def first(t):
+        return jax.jvp(lambda u: _entries(u, m), (t,), (ones,))
+
+    ((delta, g), (d1, g1)), ((_, _), (d2, g2)) = jax.jvp(first, (theta,), (ones,))
+    nparam, ncell = g.shape
+    A = m.nom + delta.sum(0)
+    before = jnp.concatenate([jnp.ones((1, ncell), g.dtype), jnp.cumprod(g, axis=0)[:-1]])
+    after = jnp.concatenate([jnp.cumprod(g[::-1], axis=0)[::-1][1:], jnp.ones((1, ncell), g.dtype)])
+    G = before[-1] * g[-1]
+    others = before * after  # prod_{q != p} g_q
+    nu_c = A * G
+    nu = m.onehot @ nu_c
+    dG = g1 * others
+    dnu_c = d1 * G + A * dG
+    J = dnu_c @ m.onehot.T  # (P, B)
+    r = 1.0 - data / nu
+    w = data / nu**2
+    value = jnp.sum(nu - xlogy(data, nu) + gammaln(data + 1.0)) + _constraint_value(theta, m, aux)
+    grad = J @ r
+    hess = (J * w) @ J.T
+    r_c = r @ m.onehot
+    T = g1 / jnp.where(g == 0.0, 1.0, g)
+    K = (d1 * r_c) @ dG.T
+    second = K + K.T + (T * (r_c * nu_c)) @ T.T
+    diag = jnp.sum(r_c * (d2 * G + 2.0 * d1 * dG + A * g2 * others), axis=1)
+    second = second + jnp.diag(diag - jnp.diagonal(second))
+    hess = hess + second
+    # constraints (each on its own parameter)
+    safe = jnp.where(m.pois & (theta != 0.0), theta, 1.0)
+    grad = grad + jnp.where(m.gauss, (theta - aux) / m.sigma**2, 0.0) + jnp.where(m.pois, m.tau - aux / safe, 0.0)
+    hess = hess + jnp.diag(jnp.where(m.gauss, 1.0 / m.sigma**2, 0.0) + jnp.where(m.pois, aux / safe**2, 0.0))
+    return value, grad, hess
+
+
+class FitResult(NamedTuple):
+    x: jax.Array
+    nll: jax.Array
+    status: jax.Array  # 1 converged, 0 ran out of iterations, 2 gave up
+    iterations: jax.Array
+    decrement: jax.Array
+
+
+def _fit(m: Prepared, data, aux, x0, fixed):
+    """Minimise the NLL in the box [lower, upper] with ``fixed`` parameters held at ``x0``.
+
+    A projected Newton method: parameters at a bound whose gradient pushes outwards are held
+    for the step; the step solves the Newton system on the others (Cholesky, with
+    Levenberg-Marquardt damping while the Hessian is not positive definite or a step fails)
+    and is backtracked along the projected path until the NLL decreases (Armijo).
+    Converged when the Newton decrement ``g^T H^-1 g`` (about twice the distance to the
+    minimum in NLL) is below `TOLERANCE` with an undamped, positive definite Hessian.
+    """
+    TRACES["fit"] += 1
+    lower, upper = m.lower, m.upper
+    n = x0.shape[0]
+    eye = jnp.eye(n, dtype=x0.dtype)
+    f0, g0, h0 = _derivatives(x0, m, data, aux)
+
+    def cond(s):
+        return (s[6] == 0) & (s[5] < MAX_ITERATIONS)
+
+    def body(s):
+        x, f, g, h, lam, it, status, _ = s
+        free = ~fixed & ~((x <= lower) & (g > 0)) & ~((x >= upper) & (g < 0))
+        both = free[:, None] & free[None, :]
+        damp = jnp.where(free, lam * (jnp.abs(jnp.diagonal(h)) + 1.0), 1.0)
+        hd = jnp.where(both, h, 0.0) + jnp.diag(damp)
+        chol = jnp.linalg.cholesky(hd)
+        chol_ok = jnp.all(jnp.isfinite(chol))
+        gf = jnp.where(free, g, 0.0)
+        step = -cho_solve((jnp.where(chol_ok, chol, eye), True), gf)
+        dec = -(gf @ step)
+        done = chol_ok & (lam == 0.0) & (dec <= TOLERANCE)
+        search = chol_ok & ~done
+
+        def ls_cond(ls):
+            return ~ls[3] & (ls[2] < 40)
+
+        def ls_body(ls):
+            t, _, k, _, _ = ls
+            t = jnp.where(k == 0, 1.0, 0.5 * t)
+            xn = jnp.where(free, jnp.clip(x + t * step, lower, upper), x)
+            fn = _nll(xn, m, data, aux)
+            ok = jnp.isfinite(fn) & (fn <= f + 1e-4 * (g @ (xn - x)))
+            return t, xn, k + 1, ok, fn
+
+        _, xn, _, ok, _ = lax.while_loop(ls_cond, ls_body, (1.0, x, jnp.where(search, 0, 40), False, f))
+        accept = search & ok
+        x2, f2, g2, h2 = lax.cond(accept, lambda: (xn, *_derivatives(xn, m, data, aux)), lambda: (x, f, g, h))
+        stuck = search & ~ok
+        lam2 = jnp.where(accept, jnp.where(lam * 0.1 < 1e-7, 0.0, lam * 0.1), lam)
+        lam2 = jnp.where(~chol_ok | stuck, jnp.maximum(lam * 10.0, 1e-4), lam2)
+        status2 = jnp.where(done | (stuck & (dec <= ROUNDING_TOLERANCE)), 1, jnp.where(lam2 > 1e10, 2, 0))
+        return x2, f2, g2, h2, lam2, it + 1, status2, dec
+
+    state = (x0, f0, g0, h0, jnp.asarray(0.0, x0.dtype), 0, 0, jnp.asarray(jnp.inf, x0.dtype))
+    x, f, _, _, _, it, status, dec = lax.while_loop(cond, body, state)
+    return FitResult(x, f, status, it, dec)
+
+
+def _asimov(m: Prepared, x, aux):
+    """pyhf's Asimov data at ``x``: expected counts, and expected auxiliary data."""
+    TRACES["asimov"] += 1
+    aux_a = jnp.where(m.gauss, x, jnp.where(m.pois, x * m.tau, aux))
+    return _expected(x, m), aux_a
+
+
+_jit_prepare = jax.jit(_prepare)
+_jit_fit = jax.jit(_fit)
+_jit_asimov = jax.jit(_asimov)
+_jit_nll = jax.jit(lambda theta, m, data, aux: _nll(theta, m, data, aux))
+_jit_derivatives = jax.jit(lambda theta, m, data, aux: _derivatives(theta, m, data, aux))
+
+
+def prepare(arrays: ModelArrays) -> Prepared:
+    """Send one patch's arrays to the device (call inside ``jax.enable_x64(True)``)."""
+    a = arrays
+    return _jit_prepare(a.nom, a.bin_index, a.hs_up, a.hs_dn, a.ns_hi, a.ns_lo, a.lin, a.gauss, a.sigma, a.pois,
+                        a.tau, a.lower, a.upper, a.data)
+
+
+def cls_from_teststats(qmu: float, qmu_a: float) -> HypotestResult:
+    """CLs and the expected CLs band from ``qtilde`` on data and on Asimov data.
+
+    Exactly pyhf's ``AsymptoticCalculator`` (``calc_base_dist="normal"``): the same
+    branches and the same ``scipy.stats.norm.cdf`` as pyhf's numpy backend.
+    """
+    from scipy.stats import norm
+
+    sqrtq, sqrtq_a = np.sqrt(qmu), np.sqrt(qmu_a)
+    if sqrtq <= sqrtq_a:
+        teststat = sqrtq - sqrtq_a
+    else:
+        teststat = (np.power(sqrtq, 2) - np.power(sqrtq_a, 2)) / (2 * sqrtq_a)
+
+    def cls(value: float) -> float:
+        return float(norm.cdf(-(value + sqrtq_a)) / norm.cdf(-value))
+
+    return cls(teststat), [cls(float(n)) for n in (2, 1, 0, -1, -2)]
+
+
+@dataclass
+class _Background:
+    cache: BackgroundCache
+    structures: dict[tuple[Any, ...], Structure] = field(default_factory=dict)
+    min_cells: int = 0
+
+
+@dataclass
+class PatchFit:
+    """The five fits of one hypothesis test (for tests and diagnostics)."""
+
+    arrays: ModelArrays
+    fits: dict[str, FitResult]
+    qmu: float
+    qmu_a: float
+    result: HypotestResult
+
+
+class JaxBackend(Backend):
+    """pyhf's hypothesis test on a likelihood compiled once per model layout.
+
+    Args:
+        fallback: compute patches the engine cannot (unsupported model, fit not
+            converged) with plain pyhf, logging a warning; else raise.
+    """
+
+    name = "jax"
+
+    def __init__(self, *, fallback: bool = True) -> None:
+        check_settings(MODIFIER_SETTINGS)
+        self.fallback = fallback
+        self._backgrounds: collections.OrderedDict[str, _Background] = collections.OrderedDict()
+        #: counters: patches, fallbacks, iterations (all fits), seconds in the fits
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    # -- building arrays ----------------------------------------------------------------
+
+    def _background(self, background: Mapping[str, Any], digest: str) -> _Background:
+        state = self._backgrounds.get(digest)
+        if state is None or state.cache.background is not background:
+            state = _Background(cache=BackgroundCache(background))
+            # pad cells so patches adding a sample to every channel share one layout
+            channels = background.get("channels", [])
+            cells = sum(len(s.get("data", [])) for c in channels for s in c.get("samples", []))
+            bins = sum(len(c["samples"][0].get("data", [])) for c in channels if c.get("samples"))
+            state.min_cells = cells + bins
+            self._backgrounds[digest] = state
+            while len(self._backgrounds) > 4:
+                self._backgrounds.popitem(last=False)
+        self._backgrounds.move_to_end(digest)
+        return state
+
+    def arrays(self, background: Mapping[str, Any], digest: str, patch: Patch) -> ModelArrays:
+        """The padded arrays of ``patch`` applied to ``background``.
+
+        Raises:
+            UnsupportedModel: the patched workspace uses something the engine lacks.
+            PatchError: the patch does not apply.
+        """
+        state = self._background(background, digest)
+        try:
+            spec = patched_spec(background, patch.operations)
+        except UnsupportedModel:
+            spec = apply_patch(background, patch)  # general path: deep copy + jsonpatch
+        return build_arrays(spec, state.cache, state.structures, min_cells=state.min_cells)
+
+    # -- fitting ------------------------------------------------------------------------
+
+    def fit_arrays(self, arrays: ModelArrays) -> PatchFit:
+        """The five fits and the CLs values of one patch (raises `FitNotConverged`)."""
+        with jax.enable_x64(True):
+            m = prepare(arrays)
+            data = jnp.asarray(arrays.data)
+            aux = jnp.asarray(arrays.aux)
+            init = np.array(arrays.init)
+            poi = arrays.poi
+
+            def fixed_poi(value: float) -> tuple[jax.Array, jax.Array]:
+                x0, fixed = init.copy(), arrays.fixed.copy()
+                x0[poi], fixed[poi] = value, True
+                return jnp.asarray(x0), jnp.asarray(fixed)
+
+            free = jnp.asarray(arrays.fixed)
+            start = jnp.asarray(init)
+            x0_mu0, fixed_mu0 = fixed_poi(0.0)
+            x0_mu1, fixed_mu1 = fixed_poi(1.0)
+            fits: dict[str, FitResult] = {}
+            fits["asimov_mu0"] = _jit_fit(m, data, aux, x0_mu0, fixed_mu0)
+            fits["data_mu1"] = _jit_fit(m, data, aux, x0_mu1, fixed_mu1)
+            fits["data_free"] = _jit_fit(m, data, aux, start, free)
+            data_a, aux_a = _jit_asimov(m, fits["asimov_mu0"].x, aux)
+            fits["asimov_data_mu1"] = _jit_fit(m, data_a, aux_a, x0_mu1, fixed_mu1)
+            fits["asimov_data_free"] = _jit_fit(m, data_a, aux_a, start, free)
+            fits = {k: FitResult(*(np.asarray(v) for v in f)) for k, f in fits.items()}
+        self.stats["fits"] += len(fits)
+        self.stats["iterations"] += sum(int(f.iterations) for f in fits.values())
+        bad = {k: int(f.status) for k, f in fits.items() if int(f.status) != 1}
+        if bad:
+            raise FitNotConverged(
+                "Newton fit did not converge: "
+                + ", ".join(f"{k} (status {s}, decrement {float(fits[k].decrement):.3g}, "
+                            f"{int(fits[k].iterations)} iterations)" for k, s in bad.items())
+            )
+
+        def qtilde(fixed: FitResult, free: FitResult) -> float:
+            # pyhf: 2 * (nll(mu) - nll(muhat)), clipped at 0, and 0 when muhat > mu
+            q = max(2.0 * (float(fixed.nll) - float(free.nll)), 0.0)
+            return 0.0 if float(free.x[poi]) > 1.0 else q
+
+        qmu = qtilde(fits["data_mu1"], fits["data_free"])
+        qmu_a = qtilde(fits["asimov_data_mu1"], fits["asimov_data_free"])
+        return PatchFit(arrays=arrays, fits=fits, qmu=qmu, qmu_a=qmu_a, result=cls_from_teststats(qmu, qmu_a))
+
+    def hypotest(self, background: Mapping[str, Any], digest: str, patch: Patch) -> HypotestResult:
+        self.stats["patches"] += 1
+        start = time.perf_counter()
+        try:
+            result = self.fit_arrays(self.arrays(background, digest, patch)).result
+        except (UnsupportedModel, FitNotConverged) as err:
+            if not self.fallback:
+                raise
+            self.stats["fallbacks"] += 1
+            log.warning("patch %s: %s; computing it with plain pyhf instead", patch.name, err)
+            from faasctl.backends.numpy import pyhf_hypotest
+
+            return pyhf_hypotest(apply_patch(background, patch))
+        finally:
+            self.stats["seconds"] += time.perf_counter() - start
+        return result
+
+
+def backend() -> JaxBackend:
+    return JaxBackend()
+
+
+def _unused(*_: Callable[..., Any]) -> None:  # pragma: no cover - keeps helpers importable for tests
+    return None

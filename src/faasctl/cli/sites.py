@@ -1,0 +1,159 @@
+"""``faasctl sites list|show`` and ``faasctl render``: the site registry and endpoint folders.
+
+Two typer apps: ``app`` becomes the ``sites`` group, ``render_app`` adds ``render`` at the
+top level. The site options are defined once here (``SiteName``, ``SiteFile``, ``SetValues``)
+for every command that takes a site.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, List, Optional
+
+import typer
+from rich.console import Console
+
+from faasctl.cli import options
+
+if TYPE_CHECKING:
+    from faasctl.sites import SiteRecord
+
+app = typer.Typer(no_args_is_help=True)
+render_app = typer.Typer()
+console = Console()
+
+EXIT_HELP = "Exit status: 0 done; 2 the site record or the rendered endpoint config is invalid (nothing written)."
+
+SiteName = Annotated[
+    Optional[str],
+    typer.Option("--site", "-s", help="Site name (see 'faasctl sites list'); may be left out with --site-file.", show_default=False),
+]
+SiteFile = Annotated[
+    Optional[Path],
+    typer.Option("--site-file", help="Read the site record from this YAML file instead of the registry.", show_default=False),
+]
+SetValues = Annotated[
+    Optional[List[str]],
+    typer.Option(
+        "--set",
+        help="Override a site value: dotted.key=VALUE, VALUE read as YAML (repeatable), e.g. provider.max_blocks=8.",
+        show_default=False,
+    ),
+]
+
+
+def resolve_site(site: str | None, site_file: Path | None, overrides: list[str] | None) -> SiteRecord:
+    """The validated site record named by the shared --site / --site-file / --set options."""
+    from faasctl.sites import load_site
+
+    if not site and site_file is None:
+        raise typer.BadParameter("name a site (--site NAME) or a site file (--site-file PATH)", param_hint="--site")
+    return load_site(site or "", site_file=site_file, overrides=overrides or ())
+
+
+@app.command("list")
+def list_(json_: options.Json = False) -> None:
+    """List the known sites: the admin's folder ($FAASCTL_SITES_DIR or ~/.config/faasctl/sites) first, then the shipped ones."""
+    from faasctl.exceptions import SiteConfigError
+    from faasctl.sites import load_site, shipped_sites_dir, site_paths
+
+    rows = []
+    for name, path in site_paths().items():
+        try:
+            record = load_site(name)
+            provider, description = record.provider.type, record.description
+        except SiteConfigError as err:  # list every site, even one that does not validate
+            provider, description = "invalid", str(err)
+        origin = "shipped" if path.parent == shipped_sites_dir() else str(path)
+        rows.append({"name": name, "provider": provider, "description": description, "source": origin})
+    rows.sort(key=lambda row: row["name"])
+
+    if json_:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not console.is_terminal:
+        for row in rows:
+            typer.echo(f"{row['name']}\t{row['provider']}\t{row['description']}")
+        return
+    from rich.table import Table
+
+    table = Table("site", "provider", "description", "source")
+    for row in rows:
+        table.add_row(row["name"], row["provider"], row["description"], row["source"])
+    console.print(table)
+
+
+@app.command(epilog=EXIT_HELP)
+def show(
+    name: Annotated[Optional[str], typer.Argument(help="Site name.", show_default=False)] = None,
+    site_file: SiteFile = None,
+    set_: SetValues = None,
+    json_: options.Json = False,
+) -> None:
+    """Show one site record with every default filled in (after --set overrides), as YAML or --json.
+
+    Examples:
+
+      faasctl sites show river
+
+      faasctl sites show river --set provider.max_blocks=8 --json
+    """
+    import yaml
+
+    record = resolve_site(name, site_file, set_)
+    data = record.model_dump(mode="json")
+    if json_:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    text = f"# site {record.name} from {record.source}\n" + yaml.safe_dump(data, sort_keys=False)
+    if console.is_terminal:
+        from rich.syntax import Syntax
+
+        console.print(Syntax(text, "yaml", background_color="default"))
+    else:
+        sys.stdout.write(text)
+
+
+@render_app.command(epilog=EXIT_HELP)
+def render(
+    site: SiteName = None,
+    site_file: SiteFile = None,
+    set_: SetValues = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Write the endpoint folder here, e.g. ~/.globus_compute/NAME.", show_default=False)
+    ] = None,
+    print_: Annotated[bool, typer.Option("--print", help="Print the files to stdout instead, for review.")] = False,
+) -> None:
+    """Render a site's Globus Compute endpoint folder: config.yaml, user_config_template.yaml.j2, user_config_schema.json.
+
+    The files are checked first with Globus Compute's own loader (the user template rendered
+    and the engine and provider built, never started); nothing is written if that fails.
+
+    Examples:
+
+      faasctl render --site river --out ~/.globus_compute/river
+
+      faasctl render --site expanse --set provider.account=abc123 --print
+
+      faasctl render --site-file mycluster.yaml --out ~/.globus_compute/mycluster
+    """
+    from faasctl.render import render_endpoint, validate_endpoint, write_endpoint
+
+    if (out is None) == (not print_):
+        raise typer.BadParameter("give exactly one of --out DIR or --print", param_hint="--out/--print")
+    record = resolve_site(site, site_file, set_)
+    files = render_endpoint(record)
+    if print_:
+        validate_endpoint(files)
+        for name, text in files.items():
+            typer.echo(f"# ==> {name} <==")
+            typer.echo(text)
+        return
+    assert out is not None
+    written = write_endpoint(files, out)
+    console.print(f"Wrote {len(written)} files to {out} (checked with Globus Compute's loader).", highlight=False)
+    if out.expanduser().resolve().parent.name != ".globus_compute":
+        console.print(f"Install: copy the folder to ~/.globus_compute/{out.name}/", highlight=False)
+    console.print(f"Start:   globus-compute-endpoint start {out.name}", highlight=False)

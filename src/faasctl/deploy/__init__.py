@@ -1,0 +1,73 @@
+"""Deploy a site's Globus Compute endpoint, or fit on the site directly.
+
+One deployer per way of running an endpoint, chosen by the site's provider:
+
+========================  =====================  ==========================================
+provider                  deployer               what ``deploy`` does
+========================  =====================  ==========================================
+KubernetesProvider        `HelmDeployer`         ``helm upgrade --install`` of the chart
+SlurmProvider             `SlurmDeployer`        install ``~/.globus_compute/NAME``, start it
+PBSProProvider            `SlurmDeployer`        (same: an endpoint on the login node)
+LocalProvider             `SlurmDeployer`        (same: an endpoint on this host)
+========================  =====================  ==========================================
+
+Direct mode (`faasctl.deploy.direct.site_executor`) needs no endpoint at all.
+
+Example:
+    >>> from faasctl.sites import load_site
+    >>> deployer = deployer_for(load_site("river"))
+    >>> [type(a).__name__ for a in deployer.plan()]  # doctest: +SKIP
+    ['WriteFiles', 'Notice']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faasctl.deploy.base import Action, Deployer, DeployStatus, Notice, RemovePath, RunCommand, WriteFiles
+from faasctl.exceptions import DeployError
+
+__all__ = [
+    "Action",
+    "Deployer",
+    "DeployStatus",
+    "Notice",
+    "RemovePath",
+    "RunCommand",
+    "WriteFiles",
+    "DEPLOYERS",
+    "deployer_for",
+]
+
+#: provider type -> deployer kind
+DEPLOYERS = {
+    "KubernetesProvider": "helm",
+    "SlurmProvider": "slurm",
+    "PBSProProvider": "slurm",
+    "LocalProvider": "slurm",
+}
+
+
+def deployer_for(site: Any, **options: Any) -> Deployer:
+    """The deployer for ``site``'s provider.
+
+    Args:
+        site: the site record.
+        **options: passed to the deployer (`HelmDeployer` or `SlurmDeployer`).
+
+    Raises:
+        DeployError: no deployer handles the site's provider.
+    """
+    kind = DEPLOYERS.get(site.provider.type)
+    if kind == "helm":
+        from faasctl.deploy.helm import HelmDeployer
+
+        return HelmDeployer(site, **options)
+    if kind == "slurm":
+        from faasctl.deploy.slurm import SlurmDeployer
+
+        return SlurmDeployer(site, **options)
+    raise DeployError(
+        f"site {site.name!r}: no deployer for provider.type {site.provider.type!r}; "
+        f"faasctl deploys {', '.join(DEPLOYERS)}"
+    )
