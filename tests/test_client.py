@@ -108,85 +108,13 @@ def fake_fit(seconds: float, task: dict[str, Any]) -> dict[str, Any]:
             "cls_exp": [0.1, 0.2, 0.3, 0.4, 0.5], "worker": f"fake:{os.getpid()}", "backend": task["backend"]}
 
 
+def bind(fn: Any, *args: Any) -> Any:
+    """``functools.partial`` with the function's name: parsl's submit wants ``__name__``."""
+    return functools.update_wrapper(functools.partial(fn, *args), fn)
+
+
 def always_need_background(task: dict[str, Any]) -> dict[str, Any]:
     return {"patch": task["patch"]["name"], "status": NEED_BACKGROUND}
-
-
-# --- the local parsl engine ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def parsl_ex():
-    """The embedded engine with 2 workers that can import this module."""
-    with local_executor(2, worker_init=f"export PYTHONPATH={TESTS}:${{PYTHONPATH:-}}") as ex:
-        # wait for both workers, so background shipping is not skewed by a late worker
-        list(cf.as_completed([ex.submit(time.sleep, 0.5) for _ in range(2)], timeout=120))
-        yield ex
-
-
-def test_local_engine_scan_matches_pyhf_and_ships_background_once_per_worker(parsl_ex):
-    pallet = simple_pallet()
-    client = FitClient(parsl_ex)
-    results = []
-    for result in client.scan(pallet):  # a stream: each result as it finishes
-        results.append(result)
-    assert_matches_pyhf(results, pallet)
-    assert {r.worker for r in results} and all(r.backend == "numpy" for r in results)
-    # seeded to twice the 2 workers; a worker without it asks (a bounce) and gets it once
-    assert executor_capacity(parsl_ex) == 2
-    assert client.background_sends == 4 + client.bounces
-    assert client.background_sends <= len(pallet) // 2
-    assert client.submissions == len(pallet) + client.bounces
-
-
-def test_batched_submission(parsl_ex):
-    pallet = simple_pallet()
-    client = FitClient(parsl_ex, batch_size=5)
-    results = list(client.scan(pallet))
-    assert_matches_pyhf(results, pallet)
-    assert client.submissions == 3  # 5 + 5 + 2 patches
-    assert client.background_sends == 3  # seeded: on the first patch of each batch
-
-
-def test_wrong_pallet_bounces_for_its_background(parsl_ex):
-    """Workers hold examples/simple's background; another pallet's tasks, sent without theirs, come back for it."""
-    list(FitClient(parsl_ex).scan(simple_pallet(), list(simple_pallet().patches)[:2]))
-    other = other_pallet()
-    client = FitClient(parsl_ex, background_seeds=0)
-    results = list(client.scan(other))
-    assert_matches_pyhf(results, other)
-    assert client.bounces >= 1 and client.background_sends == client.bounces
-    # the answers are the other pallet's, not the cached background's
-    for r in results:
-        assert r.cls_obs != pytest.approx(pyhf_cls(simple_pallet(), r.patch)[0], rel=1e-3)
-
-
-def test_lost_task_is_resubmitted(parsl_ex, tmp_path):
-    pallet = simple_pallet()
-    names = list(pallet.patches)[:3]
-    marker = tmp_path / "killed-once"
-    client = FitClient(parsl_ex, function=functools.partial(die_once, str(marker)), retries=2)
-    results = list(client.scan(pallet, names))
-    assert marker.exists(), "a worker was killed"
-    assert client.losses == 1
-    assert_matches_pyhf(results, pallet, names)
-
-
-def test_timeout_records_a_hung_patch_as_failed(parsl_ex, tmp_path):
-    pallet = simple_pallet()
-    names = list(pallet.patches)[:3]
-    release = tmp_path / "release"
-    client = FitClient(parsl_ex, timeout=5, function=functools.partial(hang_on, names[1], str(release)))
-    try:
-        start = time.monotonic()
-        results = {r.patch: r for r in client.scan(pallet, names)}
-        elapsed = time.monotonic() - start
-    finally:
-        release.touch()  # frees the worker for the next tests
-    assert results[names[1]].status == "failed"
-    assert results[names[1]].error.startswith("TimeoutError: no result within 5 s")
-    assert_matches_pyhf([results[n] for n in (names[0], names[2])], pallet, [names[0], names[2]])
-    assert elapsed < 30
 
 
 # --- any executor ------------------------------------------------------------------------------
@@ -195,8 +123,8 @@ def test_timeout_records_a_hung_patch_as_failed(parsl_ex, tmp_path):
 def test_process_pool():
     pallet = simple_pallet()
     names = list(pallet.patches)[4:7]
-    # spawn: the parsl fixture's threads may be alive in this process
-    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
+    # fork (cheap: pyhf is already imported); this runs before the parsl fixture starts threads
+    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as ex:
         client = FitClient(ex)
         results = list(client.scan(pallet, names))
     assert_matches_pyhf(results, pallet, names)
@@ -311,3 +239,80 @@ def test_selection():
 def test_arguments_are_checked():
     with cf.ThreadPoolExecutor(1) as ex, pytest.raises(ValueError, match="timeout must be positive"):
         FitClient(ex, timeout=0)
+
+
+# --- the local parsl engine ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def parsl_ex():
+    """The embedded engine with 2 workers that can import this module."""
+    with local_executor(2, worker_init=f"export PYTHONPATH={TESTS}:${{PYTHONPATH:-}}") as ex:
+        # wait for both workers, so background shipping is not skewed by a late worker
+        list(cf.as_completed([ex.submit(time.sleep, 0.5) for _ in range(2)], timeout=120))
+        yield ex
+
+
+def test_local_engine_scan_matches_pyhf_and_ships_background_once_per_worker(parsl_ex):
+    pallet = simple_pallet()
+    client = FitClient(parsl_ex)
+    results = []
+    for result in client.scan(pallet):  # a stream: each result as it finishes
+        results.append(result)
+    assert_matches_pyhf(results, pallet)
+    assert {r.worker for r in results} and all(r.backend == "numpy" for r in results)
+    # seeded to twice the 2 workers; a worker without it asks (a bounce) and gets it once
+    assert executor_capacity(parsl_ex) == 2
+    assert client.background_sends == 4 + client.bounces
+    assert client.background_sends <= len(pallet) // 2
+    assert client.submissions == len(pallet) + client.bounces
+
+
+def test_batched_submission(parsl_ex):
+    pallet = simple_pallet()
+    client = FitClient(parsl_ex, batch_size=5)
+    results = list(client.scan(pallet))
+    assert_matches_pyhf(results, pallet)
+    assert client.submissions == 3  # 5 + 5 + 2 patches
+    assert client.background_sends == 3  # seeded: on the first patch of each batch
+
+
+def test_wrong_pallet_bounces_for_its_background(parsl_ex):
+    """Workers hold examples/simple's background; another pallet's tasks, sent without theirs, come back for it."""
+    list(FitClient(parsl_ex).scan(simple_pallet(), list(simple_pallet().patches)[:2]))
+    other = other_pallet()
+    client = FitClient(parsl_ex, background_seeds=0)
+    results = list(client.scan(other))
+    assert_matches_pyhf(results, other)
+    assert client.bounces >= 1 and client.background_sends == client.bounces
+    # the answers are the other pallet's, not the cached background's
+    for r in results:
+        assert r.cls_obs != pytest.approx(pyhf_cls(simple_pallet(), r.patch)[0], rel=1e-3)
+
+
+def test_lost_task_is_resubmitted(parsl_ex, tmp_path):
+    pallet = simple_pallet()
+    names = list(pallet.patches)[:3]
+    marker = tmp_path / "killed-once"
+    client = FitClient(parsl_ex, function=bind(die_once, str(marker)), retries=2)
+    results = list(client.scan(pallet, names))
+    assert marker.exists(), "a worker was killed"
+    assert client.losses == 1
+    assert_matches_pyhf(results, pallet, names)
+
+
+def test_timeout_records_a_hung_patch_as_failed(parsl_ex, tmp_path):
+    pallet = simple_pallet()
+    names = list(pallet.patches)[:3]
+    release = tmp_path / "release"
+    client = FitClient(parsl_ex, timeout=5, function=bind(hang_on, names[1], str(release)))
+    try:
+        start = time.monotonic()
+        results = {r.patch: r for r in client.scan(pallet, names)}
+        elapsed = time.monotonic() - start
+    finally:
+        release.touch()  # frees the worker for the next tests
+    assert results[names[1]].status == "failed"
+    assert results[names[1]].error.startswith("TimeoutError: no result within 5 s")
+    assert_matches_pyhf([results[n] for n in (names[0], names[2])], pallet, [names[0], names[2]])
+    assert elapsed < 30

@@ -7,6 +7,7 @@ and parsl provider (never started; nothing talks to the Globus cloud).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -107,6 +108,19 @@ def test_rendered_text_matches_golden(name: str) -> None:
 def test_golden_folders_are_the_shipped_sites() -> None:
     folders = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir() and p.name[0] not in "_.")
     assert folders == SHIPPED, f"run {REGEN}"
+
+
+def test_family_docs_show_the_golden_files() -> None:
+    spec = importlib.util.spec_from_file_location("golden_regen", GOLDEN / "regen.py")
+    assert spec and spec.loader
+    regen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regen)
+    pages = {page.stem: regen.doc_blocks(page.read_text()) for page in sorted(regen.DOCS.glob("*.md"))}
+    assert set(pages) == {"slurm", "pbs", "kubernetes", "local"}
+    for page, blocks in pages.items():
+        assert len(blocks) >= 3, f"docs/sites/{page}.md should show a rendered folder"
+        for ref, body in blocks:
+            assert body == (GOLDEN / ref).read_text(), f"docs/sites/{page}.md: {ref} is stale: run {REGEN}"
 
 
 def test_templates_per_family_with_comment_headers() -> None:
@@ -281,6 +295,12 @@ def test_write_endpoint_validates_first(tmp_path: Path) -> None:
     with pytest.raises(RenderError):
         write_endpoint(files, tmp_path / "ep")
     assert not (tmp_path / "ep").exists()
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.py").write_text("config = None\n")
+    with pytest.raises(RenderError, match="config.py exists, and Globus Compute reads it instead"):
+        write_endpoint(render_endpoint(load_site("local")), legacy)
+    assert sorted(p.name for p in legacy.iterdir()) == ["config.py"]
     with pytest.raises(RenderError, match="not a plain file name"):
         write_endpoint({"../x": ""}, tmp_path / "ep2", validate=False)
 
@@ -304,6 +324,10 @@ def test_site_values_are_not_templates_for_the_endpoint(loaded: Any) -> None:
     site = load_site("local", overrides=["worker_init=echo '{{ max_blocks }} {% raw %}'"])
     provider = loaded(render_endpoint(site)).engine.executor.provider
     assert "echo '{{ max_blocks }} {% raw %}'" in provider.worker_init
+    site = load_site("slurm", overrides=["provider.account='a#}b{{'", "endpoint.display_name='EP {{ x }}'"])
+    files = render_endpoint(site)
+    assert loaded(files).engine.executor.provider.account == "a#}b{{"
+    assert _core(files).display_name == "EP {{ x }}"  # config.yaml is plain YAML, not a template
     with pytest.raises(RenderError, match="cannot be escaped"):
         render_endpoint(load_site("local", overrides=["worker_init='{% endraw %}{{ x }}'"]))
 

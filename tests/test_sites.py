@@ -166,6 +166,16 @@ def test_blocks_must_fit_in_max_blocks() -> None:
     assert "provider.max_blocks = 0" in _refused("river", "provider.max_blocks=0")
 
 
+def test_options_cannot_shadow_what_faasctl_writes() -> None:
+    assert "provider.options.max_blocks = 3 (from --set): faasctl sets max_blocks itself: use provider.max_blocks" in _refused(
+        "river", "provider.options.max_blocks=3"
+    )
+    assert "use worker_init" in _refused("river", "provider.options.worker_init=x")
+    assert "engine.options.container_uri = 'x' (from --set): faasctl sets container_uri itself: use image" in _refused(
+        "river", "engine.options.container_uri=x"
+    )
+
+
 def test_address_or_interface_not_both() -> None:
     assert "engine.interface = 'lo'" in _refused("local", "engine.interface=lo")
 

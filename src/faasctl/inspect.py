@@ -1,7 +1,14 @@
 """What a pallet holds: regions, layout, values, digest, model structure, and broken patches.
 
-`structure_signature` is the test for "these specs build the same model up to numbers":
-the precondition for fitting many patches with one batched or compiled likelihood.
+`structure_signature` tells whether two workspace specs build the same model up to numbers:
+the precondition for fitting patches with one batched or compiled likelihood.
+
+`inspect_pallet` examines every patch without building one pyhf model per patch (about 1 s
+each on big pallets). Published patches only add a signal sample to some channels, so the
+background's samples are shared, not copied, and described once; only the new samples
+are checked against pyhf's schema; and pyhf builds one model per *layout* (which modifiers
+each channel has, the data shapes, the POI), since whether a model builds depends on that
+and not on which sample carries which modifier, nor on the numbers.
 
 Example:
     >>> from faasctl.inspect import inspect_pallet
@@ -16,15 +23,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from faasctl.exceptions import PalletError
 from faasctl.pallet import MODIFIER_SETTINGS, Pallet, Patch, apply_patch
 
-__all__ = ["structure_key", "structure_signature", "inspect_pallet", "Inspection", "StructureGroup", "ModelSummary"]
+__all__ = [
+    "structure_key",
+    "structure_signature",
+    "inspect_pallet",
+    "Inspection",
+    "ModelSummary",
+    "ModelGroup",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +47,82 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 
 
+# --- structure -------------------------------------------------------------------------------
+
+
 def _sorted(items: Any) -> tuple[Any, ...]:
-    """Sorted by JSON text: a total order even where None, numbers and tuples meet."""
-    return tuple(sorted(items, key=lambda item: json.dumps(item)))
+    """Sorted by text: a total order even where None, numbers and tuples meet."""
+    return tuple(sorted(items, key=repr))
 
 
 def _shape(data: Any) -> Any:
     """The shape of a modifier's or sample's data, without its numbers."""
     if isinstance(data, Mapping):
-        return _sorted((str(k), _shape(v)) for k, v in data.items())
+        return tuple(sorted(((str(k), _shape(v)) for k, v in data.items()), key=lambda kv: kv[0]))
     if isinstance(data, (list, tuple)):
         return len(data)
     return None if data is None else ()
+
+
+def _modifier(m: Mapping[str, Any]) -> tuple[str, str, Any]:
+    return (str(m.get("name")), str(m.get("type")), _shape(m.get("data")))
+
+
+def _modifier_order(m: tuple[str, str, Any]) -> tuple[str, str, str]:
+    return (m[0], m[1], repr(m[2]))
+
+
+SampleKey = tuple[Any, tuple[tuple[str, str, Any], ...]]
+
+
+def _sample_key(sample: Mapping[str, Any]) -> SampleKey:
+    """A sample without its name and numbers: its data's shape and its modifiers."""
+    modifiers = sample.get("modifiers", []) if isinstance(sample, Mapping) else []
+    data = sample.get("data") if isinstance(sample, Mapping) else None
+    return (_shape(data), tuple(sorted(map(_modifier, modifiers), key=_modifier_order)))
+
+
+def _measurements(spec: Mapping[str, Any]) -> tuple[Any, ...]:
+    measurements = []
+    for m in spec.get("measurements", []):
+        config = m.get("config", {})
+        params = _sorted((p.get("name"), bool(p.get("fixed", False)), _shape(p)) for p in config.get("parameters", []))
+        measurements.append((m.get("name"), config.get("poi"), params))
+    # pyhf builds the model for the first measurement: order matters only there
+    return (tuple(measurements[:1]), _sorted(measurements[1:]))
+
+
+def _structure_key(spec: Mapping[str, Any], sample_key: Callable[[Any], SampleKey]) -> tuple[Any, ...]:
+    channels = []
+    for channel in spec.get("channels", []):
+        samples = channel.get("samples", [])
+        bins = max((len(s.get("data", [])) for s in samples if isinstance(s, Mapping)), default=0)
+        channels.append((str(channel.get("name")), bins, _sorted(map(sample_key, samples))))
+    channels.sort(key=lambda c: c[0])  # names are unique in a valid spec
+    observations = _sorted((o.get("name"), _shape(o.get("data"))) for o in spec.get("observations", []))
+    return (tuple(channels), observations, _measurements(spec))
+
+
+def _layout_key(spec: Mapping[str, Any], sample_key: Callable[[Any], SampleKey]) -> str:
+    """Coarser than `structure_key`: per channel, the set of modifiers and data shapes.
+
+    pyhf's model building (parameter sets, POI, shapes) depends on this, not on which
+    sample carries which modifier: specs with one layout key build, or fail, alike.
+    """
+    channels = []
+    for channel in spec.get("channels", []):
+        shapes: set[Any] = set()
+        modifiers: set[tuple[str, str, Any]] = set()
+        count = 0
+        for sample in channel.get("samples", []):
+            data_shape, sample_modifiers = sample_key(sample)
+            shapes.add(data_shape)
+            modifiers.update(sample_modifiers)
+            count += 1
+        channels.append((str(channel.get("name")), count > 0, _sorted(shapes), tuple(sorted(modifiers, key=_modifier_order))))
+    channels.sort(key=lambda c: c[0])
+    observations = _sorted((o.get("name"), _shape(o.get("data"))) for o in spec.get("observations", []))
+    return hashlib.sha256(repr((channels, observations, _measurements(spec))).encode()).hexdigest()
 
 
 def structure_key(spec: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -51,13 +130,14 @@ def structure_key(spec: Mapping[str, Any]) -> tuple[Any, ...]:
 
     It holds the channels (name, bins), each channel's samples described by their modifiers
     (name, type, shape of the data), the observations' shapes, and the measurements (POI,
-    parameter names, which are fixed). Bounds, inits, yields and uncertainties are left out.
+    parameter names, which are fixed, shapes of their settings). Yields, uncertainties,
+    bounds and inits are left out.
 
     Sample names are left out too, and each channel's samples are in a canonical order:
     published patches name the signal sample after its signal point (``DS_400_40_Staus``),
-    which changes nothing in the model pyhf builds. Two specs with equal keys give models
-    with the same parameters, channels, bins and modifier layout, so one compiled
-    likelihood serves both with different numbers.
+    which changes nothing in the model pyhf builds. Specs with equal keys give models with
+    the same parameters, channels, bins and modifier layout, so one compiled likelihood
+    serves them all with different numbers.
 
     Example:
         >>> import pyhf
@@ -66,29 +146,11 @@ def structure_key(spec: Mapping[str, Any]) -> tuple[Any, ...]:
         >>> structure_key(a) == structure_key(b)
         True
     """
-    channels = []
-    for channel in spec.get("channels", []):
-        samples = _sorted(
-            (
-                _shape(sample.get("data")),
-                _sorted((m.get("name"), m.get("type"), _shape(m.get("data"))) for m in sample.get("modifiers", [])),
-            )
-            for sample in channel.get("samples", [])
-        )
-        bins = max((len(s.get("data", [])) for s in channel.get("samples", [])), default=0)
-        channels.append((channel.get("name"), bins, samples))
-    observations = _sorted((o.get("name"), _shape(o.get("data"))) for o in spec.get("observations", []))
-    measurements = []
-    for m in spec.get("measurements", []):
-        config = m.get("config", {})
-        params = _sorted((p.get("name"), bool(p.get("fixed", False))) for p in config.get("parameters", []))
-        measurements.append((m.get("name"), config.get("poi"), params))
-    # pyhf builds the model for the first measurement: order matters only there
-    return (_sorted(channels), observations, tuple(measurements[:1]), _sorted(measurements[1:]))
+    return _structure_key(spec, _sample_key)
 
 
 def structure_signature(spec: Mapping[str, Any]) -> str:
-    """A sha256 hex digest of `structure_key`: equal for specs that build the same model up to numbers.
+    """The sha256 hex digest of `structure_key`: equal for specs that build the same model up to numbers.
 
     Example:
         >>> import pyhf
@@ -97,35 +159,37 @@ def structure_signature(spec: Mapping[str, Any]) -> str:
         >>> structure_signature(a) == structure_signature(b)
         False
     """
-    return hashlib.sha256(json.dumps(structure_key(spec), separators=(",", ":")).encode()).hexdigest()
+    return _digest(structure_key(spec))
+
+
+def _digest(key: tuple[Any, ...]) -> str:
+    return hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()
+
+
+# --- report ----------------------------------------------------------------------------------
 
 
 @dataclass
 class ModelSummary:
-    """The model pyhf builds for one structure."""
+    """The model pyhf builds for one patch."""
 
-    channels: list[dict[str, Any]]  # name, bins, samples (names, for the example patch)
+    patch: str
+    channels: list[dict[str, Any]]  # name, bins, samples (names)
     bins: int
     samples: int  # distinct sample names, as pyhf counts them
     parameters: int  # scalar parameters (pyhf's npars)
-    parameter_sets: int  # named parameters (a staterror is one set of several parameters)
+    parameter_sets: int  # named parameters (one staterror is one set of several parameters)
     poi: str | None
-    modifiers: dict[str, dict[str, int]]  # type -> {"parameters": distinct names, "uses": (sample, modifier) pairs}
+    modifiers: dict[str, dict[str, int]]  # type -> {"parameters": distinct names, "uses": on samples}
 
 
 @dataclass
-class StructureGroup:
-    """Patches whose specs share one `structure_signature`."""
+class ModelGroup:
+    """Patches whose specs share one layout: pyhf built the model of the first of them."""
 
-    signature: str
     patches: list[str]
-    example: str
     model: ModelSummary | None = None
-    error: str | None = None  # why pyhf cannot build the model (then every patch of the group fails)
-
-    @property
-    def buildable(self) -> bool:
-        return self.error is None
+    error: str | None = None  # why pyhf cannot build it; then no patch of the group builds
 
 
 @dataclass
@@ -143,7 +207,10 @@ class Inspection:
     recorded_digest: str | None
     background_file: str
     patches_file: str
-    structures: list[StructureGroup] = field(default_factory=list)
+    structures: dict[str, list[str]] = field(default_factory=dict)  # structure_signature -> patches
+    models: list[ModelGroup] = field(default_factory=list)
+    varying_modifiers: dict[str, int] = field(default_factory=dict)  # "name (type)" -> patches carrying it
+    varying_channels: dict[str, int] = field(default_factory=dict)  # channel -> patches adding to it
     failed: dict[str, str] = field(default_factory=dict)  # patch -> why it cannot build a model
     patch_values: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -157,8 +224,13 @@ class Inspection:
 
     @property
     def shared_structure(self) -> bool:
-        """Whether every patch that builds a model builds the same structure."""
-        return len([g for g in self.structures if g.buildable]) <= 1
+        """Whether every patch that applies gives one `structure_signature`."""
+        return len(self.structures) <= 1
+
+    @property
+    def model(self) -> ModelSummary | None:
+        """The model of the largest group that builds (a representative)."""
+        return next((g.model for g in self.models if g.model is not None), None)
 
     @property
     def ok(self) -> bool:
@@ -168,20 +240,111 @@ class Inspection:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (what ``faasctl pallet inspect --json`` prints)."""
         data = asdict(self)
-        data["digest_status"] = self.digest_status
-        data["shared_structure"] = self.shared_structure
-        data["ok"] = self.ok
-        for group, raw in zip(self.structures, data["structures"]):
-            raw["buildable"] = group.buildable
+        data.update(digest_status=self.digest_status, shared_structure=self.shared_structure, ok=self.ok)
+        data["model"] = asdict(self.model) if self.model is not None else None
         return data
 
 
-def _model_summary(spec: Mapping[str, Any]) -> ModelSummary:
-    """Build the model as the fits do (pyhf, study's interpolation codes) and describe it."""
+# --- examining patches -----------------------------------------------------------------------
+
+_SAMPLE_PATH = re.compile(r"^/channels/(0|[1-9][0-9]*)/samples/(0|[1-9][0-9]*|-)$")
+
+
+def _apply_to_samples(
+    background: Mapping[str, Any], operations: Sequence[Any]
+) -> tuple[dict[str, Any], list[tuple[int, int, Any]]] | None:
+    """``operations`` applied, if all add, replace or remove whole samples; else None.
+
+    Only the channels touched are copied: the result shares every other object with
+    ``background`` and the operations, and must not be modified. Returns the spec and the
+    new samples as (operation index, channel index, sample).
+    """
+    doc = dict(background)
+    channels = doc["channels"] = list(background["channels"])
+    copied: set[int] = set()
+    added: list[tuple[int, int, Any]] = []
+    for i, op in enumerate(operations):
+        if not isinstance(op, Mapping) or op.get("op") not in ("add", "replace", "remove"):
+            return None
+        match = _SAMPLE_PATH.match(str(op.get("path", "")))
+        if match is None or int(match[1]) >= len(channels):
+            return None
+        c = int(match[1])
+        if c not in copied:
+            if not isinstance(channels[c], Mapping) or not isinstance(channels[c].get("samples"), list):
+                return None
+            channels[c] = {**channels[c], "samples": list(channels[c]["samples"])}
+            copied.add(c)
+        samples = channels[c]["samples"]
+        j = len(samples) if match[2] == "-" else int(match[2])
+        if op["op"] == "add" and j <= len(samples) and "value" in op:
+            samples.insert(j, op["value"])
+            added.append((i, c, op["value"]))
+        elif op["op"] == "replace" and j < len(samples) and "value" in op:
+            samples[j] = op["value"]
+            added.append((i, c, op["value"]))
+        elif op["op"] == "remove" and j < len(samples):
+            del samples[j]
+        else:
+            return None
+    if any(not channels[c]["samples"] for c in copied):
+        return None  # the full check names the empty channel
+    return doc, added
+
+
+class _SampleSchema:
+    """pyhf's ``sample`` schema, with each modifier checked against its own type's definition.
+
+    Equivalent to the ``anyOf`` over modifier types in ``defs.json``, and several times
+    faster: jsonschema need not try (and fail) every other type first.
+    """
+
+    def __init__(self) -> None:
+        import jsonschema
+        import pyhf.schema
+
+        definitions = pyhf.schema.load_schema("1.0.0/defs.json")["definitions"]
+        self.modifiers = {t: jsonschema.Draft6Validator(d) for t, d in definitions["modifier"].items()}
+        shell = json.loads(json.dumps(definitions["sample"]))
+        shell["properties"]["modifiers"]["items"] = {
+            "type": "object",
+            "properties": {"type": {"enum": sorted(self.modifiers)}},
+            "required": ["type"],
+        }
+        self.sample = jsonschema.Draft6Validator(shell)
+
+    def error(self, sample: Any) -> tuple[str, str] | None:
+        """The first schema violation in ``sample`` as (field path, message), or None."""
+        for err in self.sample.iter_errors(sample):
+            return _json_path(err.absolute_path), _short(err.message)
+        for k, modifier in enumerate(sample["modifiers"]):
+            for err in self.modifiers[modifier["type"]].iter_errors(modifier):
+                return f"modifiers[{k}]" + _json_path(err.absolute_path, dotted=True), _short(err.message)
+        return None
+
+
+def _json_path(path: Any, *, dotted: bool = False) -> str:
+    """``data[0]``, or ``.data[0]`` to append to another path; "" for the top."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    return text if dotted else text.removeprefix(".")
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _reason(err: Exception) -> str:
+    return f"{type(err).__name__}: {_short(str(err), 300) or type(err).__name__}"
+
+
+def _model_summary(patch: str, spec: Mapping[str, Any]) -> ModelSummary:
+    """Build the model and its data as the fits do (pyhf, the study's interpolation codes)."""
     import pyhf
 
-    workspace = pyhf.Workspace(dict(spec), validate=True)
-    model = workspace.model(modifier_settings=MODIFIER_SETTINGS)
+    workspace = pyhf.Workspace(dict(spec), validate=False)  # validated before, in parts
+    model = workspace.model(modifier_settings=MODIFIER_SETTINGS, validate=False)
+    workspace.data(model)
     config = model.config
     uses: Counter[str] = Counter()
     for channel in spec["channels"]:
@@ -189,12 +352,9 @@ def _model_summary(spec: Mapping[str, Any]) -> ModelSummary:
             uses.update(m["type"] for m in sample.get("modifiers", []))
     distinct = Counter(mtype for _, mtype in config.modifiers)
     return ModelSummary(
+        patch=patch,
         channels=[
-            {
-                "name": c["name"],
-                "bins": config.channel_nbins[c["name"]],
-                "samples": [s["name"] for s in c["samples"]],
-            }
+            {"name": c["name"], "bins": config.channel_nbins[c["name"]], "samples": [s["name"] for s in c["samples"]]}
             for c in sorted(spec["channels"], key=lambda c: c["name"])
         ],
         bins=sum(config.channel_nbins.values()),
@@ -206,20 +366,88 @@ def _model_summary(spec: Mapping[str, Any]) -> ModelSummary:
     )
 
 
-def _reason(err: Exception) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return f"{type(err).__name__}: {text[:300]}"
+class _Examiner:
+    def __init__(self, pallet: Pallet, build: bool) -> None:
+        self.pallet = pallet
+        self.build = build
+        background = pallet.background
+        # Background samples are shared by every patched spec: describe them once, by identity
+        # (the pallet keeps them alive, so ids are not reused).
+        self._known = {id(s): _sample_key(s) for c in background["channels"] for s in c["samples"]}
+        self._schema: _SampleSchema | None = None
+        self.layouts: dict[str, ModelGroup] = {}
+        self.structures: dict[str, list[str]] = {}
+        self.modifiers: Counter[str] = Counter()
+        self.channels: Counter[str] = Counter()
+        self.applied = 0
+
+    def sample_key(self, sample: Any) -> SampleKey:
+        known = self._known.get(id(sample))
+        return known if known is not None else _sample_key(sample)
+
+    def _patched(self, patch: Patch) -> dict[str, Any]:
+        """The patched spec, checked against pyhf's schema; raise PalletError naming the problem."""
+        where = patch.source or self.pallet.patchset_file
+        fast = _apply_to_samples(self.pallet.background, patch.operations)
+        if fast is None:
+            import pyhf.exceptions
+            import pyhf.schema
+
+            spec = apply_patch(self.pallet.background, patch, where=self.pallet.patchset_file)
+            try:
+                pyhf.schema.validate(spec, "workspace.json")
+            except pyhf.exceptions.InvalidSpecification as err:
+                raise PalletError(
+                    f"{where}: patch {patch.name!r} makes an invalid workspace at {err.path or '(top)'}: "
+                    f"{_short(err.parent.message)}"
+                ) from err
+            return spec
+        spec, added = fast
+        self._schema = self._schema or _SampleSchema()
+        names: set[str] = set()
+        channels: set[str] = set()
+        for i, c, sample in added:
+            problem = self._schema.error(sample)
+            if problem is not None:
+                path, message = problem
+                field = "value" + ("" if not path else path if path.startswith("[") else f".{path}")
+                raise PalletError(f"{where}: patch {patch.name!r} operation [{i}] {field}: {message}")
+            names.update(f"{m['name']} ({m['type']})" for m in sample["modifiers"])
+            channels.add(str(spec["channels"][c].get("name")))
+        self.modifiers.update(names)
+        self.channels.update(channels)
+        return spec
+
+    def examine(self, patch: Patch, report: Inspection) -> None:
+        try:
+            spec = self._patched(patch)
+        except PalletError as err:
+            report.failed[patch.name] = str(err)
+            return
+        self.applied += 1
+        self.structures.setdefault(_digest(_structure_key(spec, self.sample_key)), []).append(patch.name)
+        layout = _layout_key(spec, self.sample_key)
+        group = self.layouts.get(layout)
+        if group is None:
+            group = self.layouts[layout] = ModelGroup(patches=[])
+            if self.build:
+                log.info("building the model of %s (layout %s)", patch.name, layout[:12])
+                try:
+                    group.model = _model_summary(patch.name, spec)
+                except Exception as err:  # noqa: BLE001 - any pyhf failure is this layout's finding
+                    group.error = _reason(err)
+        group.patches.append(patch.name)
+        if group.error is not None:
+            report.failed[patch.name] = f"{patch.source or self.pallet.patchset_file}: patch {patch.name!r}: pyhf cannot build the model: {group.error}"
 
 
 def inspect_pallet(pallet: Pallet, *, build: bool = True, progress: ProgressCallback | None = None) -> Inspection:
-    """Examine every patch of ``pallet``: does it apply, which structure, does pyhf build it.
-
-    pyhf builds one model per distinct `structure_signature` (about 1 s each on big
-    pallets), not one per patch: patches that share a structure share the outcome.
+    """Examine every patch of ``pallet``: does it apply and validate, its structure, does pyhf build it.
 
     Args:
         pallet: a loaded pallet.
-        build: build a pyhf model per structure (``False``: only apply the patches).
+        build: build a pyhf model (and its data) per layout; ``False`` only applies and
+            checks the patches.
         progress: called as ``progress(done, total)`` after each patch.
 
     Returns:
@@ -245,33 +473,16 @@ def inspect_pallet(pallet: Pallet, *, build: bool = True, progress: ProgressCall
         patches_file=pallet.patchset_file,
         patch_values={p.name: list(p.values) for p in pallet.patches.values()},
     )
-    groups: dict[str, StructureGroup] = {}
+    examiner = _Examiner(pallet, build)
     total = len(pallet.patches)
     for done, patch in enumerate(pallet.patches.values(), 1):
-        _examine(pallet, patch, groups, report, build)
+        examiner.examine(patch, report)
         if progress is not None:
             progress(done, total)
-    report.structures = sorted(groups.values(), key=lambda g: -len(g.patches))
+    report.structures = dict(sorted(examiner.structures.items(), key=lambda kv: -len(kv[1])))
+    report.models = sorted(examiner.layouts.values(), key=lambda g: (g.error is not None, -len(g.patches)))
+    if len(report.structures) > 1:
+        report.varying_modifiers = {k: n for k, n in sorted(examiner.modifiers.items()) if n < examiner.applied}
+        report.varying_channels = {k: n for k, n in sorted(examiner.channels.items()) if n < examiner.applied}
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _examine(pallet: Pallet, patch: Patch, groups: dict[str, StructureGroup], report: Inspection, build: bool) -> None:
-    try:
-        spec = apply_patch(pallet.background, patch, where=pallet.patchset_file)
-    except PalletError as err:
-        report.failed[patch.name] = str(err)
-        return
-    signature = structure_signature(spec)
-    group = groups.get(signature)
-    if group is None:
-        group = groups[signature] = StructureGroup(signature=signature, patches=[], example=patch.name)
-        if build:
-            log.info("building the model of %s (structure %s)", patch.name, signature[:12])
-            try:
-                group.model = _model_summary(spec)
-            except Exception as err:  # noqa: BLE001 - any pyhf failure is this group's finding
-                group.error = _reason(err)
-    group.patches.append(patch.name)
-    if group.error is not None:
-        report.failed[patch.name] = group.error

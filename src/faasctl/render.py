@@ -70,8 +70,7 @@ ENDPOINT_FILES = (CONFIG, USER_TEMPLATE, USER_SCHEMA)
 
 _SITE_HEADER = re.compile(r"^# faasctl-site: (\S+)$", re.MULTILINE)
 _PASS2_MARKERS = ("{{", "{%", "{#")
-# Workers that are not given one of these do not exist yet: upper bound of the user's
-# max_workers_per_node when the site leaves it at one worker per core.
+# Bound of a user's max_workers_per_node when the site leaves it at one worker per core.
 _MAX_WORKERS_PER_NODE = 1024
 
 
@@ -112,14 +111,23 @@ _BlockDumper.add_representer(
 )
 
 
-def _yaml_scalar(value: Any, indent: int = 0) -> str:
-    """One YAML value for ``key: <here>``: JSON-quoted, or a literal block for multi-line text."""
+def _yaml_scalar(value: Any, indent: int = 0, pass2: bool = True) -> str:
+    """One YAML value for ``key: <here>``: JSON-quoted, or a literal block for multi-line text.
+
+    ``pass2=False`` for files the endpoint reads as plain YAML (config.yaml), which need no
+    protection from its Jinja pass.
+    """
     if isinstance(value, str) and "\n" in value:
         text = yaml.dump({"k": value}, Dumper=_BlockDumper, width=1 << 20, sort_keys=False)[3:].rstrip("\n")
         text = text.replace("\n", "\n" + " " * indent)
     else:
         text = json.dumps(value)
-    return _escape_pass2(text)
+    return _escape_pass2(text) if pass2 else text
+
+
+def _comment_text(value: Any) -> str:
+    """Text inside a pass-2 Jinja comment, which must not close it early."""
+    return str(value).replace("#}", "# }")
 
 
 def _yaml_items(mapping: Mapping[str, Any], indent: int) -> str:
@@ -127,11 +135,6 @@ def _yaml_items(mapping: Mapping[str, Any], indent: int) -> str:
     text = yaml.dump(dict(mapping), Dumper=_BlockDumper, width=1 << 20, sort_keys=True, default_flow_style=False)
     lines = [" " * indent + line for line in text.rstrip("\n").split("\n")]
     return _escape_pass2("\n".join(lines))
-
-
-def _gc_default(value: Any) -> str:
-    """A pass-2 Jinja literal that renders to the YAML of ``value`` (for ``| default(...)``)."""
-    return json.dumps(json.dumps(value))
 
 
 def _jinja_env() -> Any:
@@ -151,7 +154,7 @@ def _jinja_env() -> Any:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(yaml=_yaml_scalar, yaml_items=_yaml_items, gc_default=_gc_default)
+    env.filters.update(yaml=_yaml_scalar, yaml_items=_yaml_items, comment=_comment_text)
     return env
 
 
@@ -292,17 +295,17 @@ def _blame(message: str, site: SiteRecord | None, engine: Mapping[str, Any]) -> 
         where = {"provider": "provider.type", "launcher": "provider.launcher.type", "engine": "engine.type"}.get(kind, "engine.address")
         return where, match.group(3)
     key = match.group(1) or match.group(2)
-    in_launcher = "Launcher" in message.split(" got ", 1)[0] or "Launcher" in message.split("argument", 1)[0]
-    if in_launcher and key in (provider.get("launcher") or {}):
-        return f"provider.launcher.{key}", provider["launcher"][key]
-    if key in provider:
-        if site is not None and key in site.provider.options:
-            return f"provider.options.{key}", provider[key]
-        return f"provider.{key}", provider[key]
-    if key in engine:
-        if site is not None and key in site.engine.options:
-            return f"engine.options.{key}", engine[key]
-        return f"engine.{key}", engine[key]
+    launcher = provider.get("launcher") or {}
+    places: list[tuple[str, Mapping[str, Any], Mapping[str, Any]]] = [
+        ("provider", provider, site.provider.options if site else {}),
+        ("provider.launcher", launcher, {}),
+        ("engine", engine, site.engine.options if site else {}),
+    ]
+    if "Launcher" in message.split("argument", 1)[0]:  # e.g. "SrunLauncher.__init__() got an unexpected ..."
+        places.insert(0, places.pop(1))
+    for prefix, rendered, options in places:
+        if key in rendered:
+            return (f"{prefix}.options.{key}" if key in options else f"{prefix}.{key}"), rendered[key]
     return key, None
 
 
@@ -474,7 +477,8 @@ def validate_endpoint(
 def write_endpoint(files: Mapping[str, str], out_dir: str | os.PathLike[str], *, validate: bool = True) -> list[Path]:
     """Write an endpoint folder (e.g. ``~/.globus_compute/NAME``), after validating it.
 
-    Each file is replaced atomically; the folder is created (mode 0700) if needed.
+    Each file is replaced atomically; the folder is created (mode 0700) if needed; other
+    files there (e.g. the endpoint's ``endpoint.json``) are left alone.
 
     Args:
         files: file name -> text, as from `render_endpoint`.
@@ -483,10 +487,16 @@ def write_endpoint(files: Mapping[str, str], out_dir: str | os.PathLike[str], *,
 
     Returns:
         The paths written.
+
+    Raises:
+        RenderError: the files are refused, or the folder holds a ``config.py`` (which
+            Globus Compute would read instead).
     """
+    out = Path(out_dir).expanduser()
+    if (out / "config.py").exists():
+        raise RenderError(f"{out / 'config.py'} exists, and Globus Compute reads it instead of config.yaml: move it away first")
     if validate:
         validate_endpoint(files)
-    out = Path(out_dir).expanduser()
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     written = []
     for name, text in files.items():

@@ -169,11 +169,25 @@ class SampleBlock:
     """One sample's numbers, parsed once (background samples are cached per background)."""
 
     nom: np.ndarray
-    #: modifier type -> [(name, data)], data: histosys (hi, lo) arrays, normsys (hi, lo)
-    #: floats, staterror/shapesys uncertainty array, None for factor types
+    #: modifier type -> [(name, data)]: data is the uncertainty array for staterror and
+    #: shapesys, None otherwise (histosys and normsys data are in the arrays below)
     mods: dict[str, list[tuple[str, Any]]]
     #: sorted (name, type) pairs, as pyhf orders modifiers
     keys: tuple[tuple[str, str], ...]
+    # ready to scatter into the (parameter, cell) arrays
+    hs_up: np.ndarray  # (k, nbins): hi - nom, one row per histosys in mods order
+    hs_dn: np.ndarray  # (k, nbins): nom - lo
+    ns_hi: np.ndarray  # (k, 1)
+    ns_lo: np.ndarray  # (k, 1)
+    keyset: frozenset[tuple[str, str]] = frozenset()
+    #: structure id -> parameter rows of its histosys, normsys and normfactor/lumi names
+    rows: dict[int, tuple[list[int], list[int], list[int]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.keyset = frozenset(self.keys)
+
+    def names(self, *types: str) -> list[str]:
+        return [n for t in types for n, _ in self.mods[t]]
 
 
 def parse_sample(sample: Mapping[str, Any], nbins: int, where: str) -> SampleBlock:
@@ -181,34 +195,40 @@ def parse_sample(sample: Mapping[str, Any], nbins: int, where: str) -> SampleBlo
     nom = np.asarray(sample["data"], dtype=float)
     if nom.shape != (nbins,):
         raise UnsupportedModel(f"{where}: data has {nom.size} bins, the channel has {nbins}")
-    mods: dict[str, list[tuple[str, Any]]] = {t: [] for t in MODIFIER_TYPES}
-    seen: dict[tuple[str, str], int] = {}
+    # pyhf keys modifiers by type/name in a dict: a repeated one replaces the earlier one
+    latest: dict[tuple[str, str], Mapping[str, Any]] = {}
     for mod in sample["modifiers"]:
-        name, mtype, data = mod["name"], mod["type"], mod.get("data")
-        if mtype not in mods:
-            raise UnsupportedModel(f"{where}: modifier type {mtype!r} is not supported")
-        if (name, mtype) in seen:
-            # pyhf keeps the last of duplicated modifiers (a dict keyed by type/name)
-            mods[mtype] = [(n, d) for n, d in mods[mtype] if n != name]
-        seen[(name, mtype)] = 1
+        if mod["type"] not in MODIFIER_TYPES:
+            raise UnsupportedModel(f"{where}: modifier type {mod['type']!r} is not supported")
+        latest.pop((mod["type"], mod["name"]), None)
+        latest[(mod["type"], mod["name"])] = mod
+    mods: dict[str, list[tuple[str, Any]]] = {t: [] for t in MODIFIER_TYPES}
+    hs_hi, hs_lo, ns_hi, ns_lo = [], [], [], []
+    for (mtype, name), mod in latest.items():
+        data = mod.get("data")
+        parsed: Any = None
         if mtype == "histosys":
-            hi = np.asarray(data["hi_data"], dtype=float)
-            lo = np.asarray(data["lo_data"], dtype=float)
-            if hi.shape != (nbins,) or lo.shape != (nbins,):
-                raise UnsupportedModel(f"{where}: histosys {name!r} has the wrong number of bins")
-            parsed: Any = (hi, lo)
+            hs_hi.append(data["hi_data"])
+            hs_lo.append(data["lo_data"])
         elif mtype == "normsys":
-            parsed = (float(data["hi"]), float(data["lo"]))
-            if not (parsed[0] > 0 and parsed[1] > 0):
-                raise UnsupportedModel(f"{where}: normsys {name!r} has a non-positive factor {parsed}")
+            ns_hi.append([data["hi"]])
+            ns_lo.append([data["lo"]])
         elif mtype in ("staterror", "shapesys"):
             parsed = np.asarray(data, dtype=float)
             if parsed.shape != (nbins,):
                 raise UnsupportedModel(f"{where}: {mtype} {name!r} has the wrong number of bins")
-        else:
-            parsed = None
         mods[mtype].append((name, parsed))
-    return SampleBlock(nom=nom, mods=mods, keys=tuple(sorted(seen)))
+    try:
+        hi, lo = np.array(hs_hi, dtype=float).reshape(-1, nbins), np.array(hs_lo, dtype=float).reshape(-1, nbins)
+    except ValueError as err:
+        raise UnsupportedModel(f"{where}: a histosys has the wrong number of bins") from err
+    nhi, nlo = np.array(ns_hi, dtype=float).reshape(-1, 1), np.array(ns_lo, dtype=float).reshape(-1, 1)
+    if not (np.all(nhi > 0) and np.all(nlo > 0)):
+        raise UnsupportedModel(f"{where}: a normsys has a non-positive factor")
+    return SampleBlock(
+        nom=nom, mods=mods, keys=tuple(sorted((n, t) for t, n in latest)),
+        hs_up=hi - nom, hs_dn=nom - lo, ns_hi=nhi, ns_lo=nlo,
+    )
 
 
 class BackgroundCache:
@@ -222,6 +242,33 @@ class BackgroundCache:
         self.background = background  # keeps the objects (and so their ids) alive
         self._blocks: dict[int, tuple[Any, SampleBlock]] = {}
         self._known = {id(s) for c in background.get("channels", []) for s in c.get("samples", [])}
+        self._cached_blocks: set[int] = set()
+        self._unions: dict[tuple[int, ...], frozenset[tuple[str, str]]] = {}
+        self._reprs: dict[int, tuple[Any, str]] = {}
+
+    def union(self, blocks: list[SampleBlock]) -> frozenset[tuple[str, str]]:
+        """The (name, type) pairs of all ``blocks`` (memoised for the background's own)."""
+        known = tuple(id(b) for b in blocks if self._is_cached(b))
+        base = self._unions.get(known)
+        if base is None:
+            base = frozenset().union(*(b.keyset for b in blocks if self._is_cached(b)))
+            self._unions[known] = base
+            while len(self._unions) > 64:
+                self._unions.pop(next(iter(self._unions)))
+        extra = [b.keyset for b in blocks if not self._is_cached(b)]
+        return base.union(*extra) if extra else base
+
+    def _is_cached(self, block: SampleBlock) -> bool:
+        return id(block) in self._cached_blocks
+
+    def describe(self, obj: Any) -> str:
+        """``repr(obj)``, memoised by identity for objects of the background."""
+        hit = self._reprs.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        text = repr(obj)
+        self._reprs[id(obj)] = (obj, text)
+        return text
 
     def block(self, sample: Mapping[str, Any], nbins: int, where: str) -> SampleBlock:
         key = id(sample)
@@ -231,6 +278,7 @@ class BackgroundCache:
         block = parse_sample(sample, nbins, where)
         if key in self._known:
             self._blocks[key] = (sample, block)
+            self._cached_blocks.add(id(block))
         return block
 
 
@@ -267,6 +315,8 @@ class Structure:
     poi_name: str
     #: per-bin parameter sets: name -> the channels (sorted) whose bins map to parameters
     bin_channels: dict[str, tuple[str, ...]]
+    #: per-parameter vectors of the parameter sets that do not depend on the samples' data
+    vectors: dict[str, np.ndarray] | None = None
 
     @property
     def par_names(self) -> list[str]:
@@ -486,13 +536,14 @@ def _build_arrays(
             cells.append((name, sname, block))
 
     # the structure: what decides the parameters (not their values)
-    mod_keys: set[tuple[str, str]] = set()
-    per_bin: set[tuple[str, str, str]] = set()
-    for channel, _s, block in cells:
-        mod_keys.update(block.keys)
-        for mtype in PER_BIN_TYPES:
-            per_bin.update((n, mtype, channel) for n, _ in block.mods[mtype])
-    skey = (channels, frozenset(mod_keys), frozenset(per_bin), repr(measurement.get("config")))
+    mod_keys = cache.union([block for *_, block in cells]) if cache else frozenset().union(
+        *(block.keyset for *_, block in cells)
+    )
+    per_bin = frozenset(
+        (n, mtype, channel) for channel, _s, block in cells for mtype in PER_BIN_TYPES for n, _ in block.mods[mtype]
+    )
+    config = measurement.get("config")
+    skey = (channels, mod_keys, per_bin, cache.describe(config) if cache else repr(config))
     structure = structures.get(skey) if structures is not None else None
     if structure is None:
         structure = _structure(cells, channels, measurement, skey)
@@ -531,26 +582,28 @@ def _build_arrays(
     staterr: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
     shapesys: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     cell = 0
-    cell_of: dict[tuple[str, str], int] = {}
     for channel, sname, block in cells:
         nb = block.nom.size
         sl = slice(cell, cell + nb)
-        cell_of[(channel, sname)] = cell
         nom[sl] = block.nom
         b0 = bin_offset[channel]
         bin_index[sl] = np.arange(b0, b0 + nb)
         mods = block.mods
-        if mods["histosys"]:
-            idx = [ps_by_name[n].start for n, _ in mods["histosys"]]
-            hs_up[idx, sl] = [hi - block.nom for _, (hi, lo) in mods["histosys"]]
-            hs_dn[idx, sl] = [block.nom - lo for _, (hi, lo) in mods["histosys"]]
-        if mods["normsys"]:
-            idx = [ps_by_name[n].start for n, _ in mods["normsys"]]
-            ns_hi[idx, sl] = np.array([[hi] for _, (hi, lo) in mods["normsys"]])
-            ns_lo[idx, sl] = np.array([[lo] for _, (hi, lo) in mods["normsys"]])
-        for mtype in ("normfactor", "lumi"):
-            if mods[mtype]:
-                lin[[ps_by_name[n].start for n, _ in mods[mtype]], sl] = 1.0
+        rows = block.rows.get(id(structure))
+        if rows is None:
+            rows = block.rows[id(structure)] = (
+                [ps_by_name[n].start for n in block.names("histosys")],
+                [ps_by_name[n].start for n in block.names("normsys")],
+                [ps_by_name[n].start for n in block.names("normfactor", "lumi")],
+            )
+        if rows[0]:
+            hs_up[rows[0], sl] = block.hs_up
+            hs_dn[rows[0], sl] = block.hs_dn
+        if rows[1]:
+            ns_hi[rows[1], sl] = block.ns_hi
+            ns_lo[rows[1], sl] = block.ns_lo
+        if rows[2]:
+            lin[rows[2], sl] = 1.0
         for mtype in PER_BIN_TYPES:
             for n, data in mods[mtype]:
                 p0 = ps_by_name[n].start + perbin_offset[(n, channel)]
@@ -565,56 +618,33 @@ def _build_arrays(
     if cell < C:
         bin_index[cell:] = 0  # padding cells: nominal 0, no modifiers
 
-    # per-parameter vectors, in pyhf's paramset semantics
-    npad = P
-    gauss = np.zeros(npad, dtype=bool)
-    pois = np.zeros(npad, dtype=bool)
-    sigma = np.ones(npad)
-    tau = np.ones(npad)
-    aux = np.zeros(npad)
-    init = np.zeros(npad)
-    lower = np.zeros(npad)
-    upper = np.zeros(npad)
-    fixed = np.ones(npad, dtype=bool)  # padding stays fixed
-    samples_by_channel: dict[str, dict[str, SampleBlock]] = {}
-    for channel, sname, block in cells:
-        samples_by_channel.setdefault(channel, {})[sname] = block
-
-    for name in structure.order:
-        ps = ps_by_name[name]
-        d = _defaults(ps.kind, ps.n)
-        if ps.kind == "staterror":
-            d["sigmas"], d["fixed"] = _staterror_sigmas(name, staterr[name], structure.bin_channels[name],
-                                                        samples_by_channel, dict(channels))
-        elif ps.kind == "shapesys":
-            unc, snom = shapesys[name]
-            valid = (snom > 0) & (unc > 0)
-            factors = np.where(valid, snom**2 / np.where(valid, unc, 1.0) ** 2, 1.0)
-            d["factors"] = factors.tolist()
-            d["auxdata"] = factors.tolist()
-            d["fixed"] = (~valid).tolist()
-        d.update(ps.user)
-        sl = slice(ps.start, ps.start + ps.n)
-        if d["inits"] is None or d["bounds"] is None:
-            raise UnsupportedModel(f"parameter {name!r} ({ps.kind}) needs inits and bounds in the measurement config")
-        init[sl] = _as_list(d["inits"], ps.n, f"{name} inits")
-        bounds = np.asarray(d["bounds"], dtype=float)
-        if bounds.shape != (ps.n, 2):
-            raise UnsupportedModel(f"parameter {name!r}: bounds {d['bounds']!r} are not {ps.n} [low, high] pairs")
-        lower[sl], upper[sl] = bounds[:, 0], bounds[:, 1]
-        fixed[sl] = _as_list(d["fixed"], ps.n, f"{name} fixed")
-        if ps.kind in ("histosys", "lumi", "staterror"):
-            if d["auxdata"] is None:
-                raise UnsupportedModel(f"parameter {name!r} ({ps.kind}) needs auxdata in the measurement config")
-            gauss[sl] = True
-            aux[sl] = _as_list(d["auxdata"], ps.n, f"{name} auxdata")
-            # pyhf uses the paramset's sigmas when set (and non-empty), else width 1
-            sig = d.get("sigmas")
-            sigma[sl] = _as_list(sig, ps.n, f"{name} sigmas") if sig not in (None, "undefined") and sig else 1.0
-        elif ps.kind == "shapesys":
-            pois[sl] = True
-            aux[sl] = _as_list(d["auxdata"], ps.n, f"{name} auxdata")
-            tau[sl] = _as_list(d["factors"], ps.n, f"{name} factors")
+    # per-parameter vectors, in pyhf's paramset semantics: computed once per structure,
+    # except for the data-dependent staterror and shapesys sets
+    if structure.vectors is None:
+        structure.vectors = _parameter_vectors(structure, P)
+    vec = {k: v.copy() for k, v in structure.vectors.items()}
+    data_dependent = [n for n in structure.order if ps_by_name[n].kind in ("staterror", "shapesys")]
+    if data_dependent:
+        samples_by_channel: dict[str, dict[str, SampleBlock]] = {}
+        for channel, sname, block in cells:
+            samples_by_channel.setdefault(channel, {})[sname] = block
+        for name in data_dependent:
+            ps = ps_by_name[name]
+            d = _defaults(ps.kind, ps.n)
+            if ps.kind == "staterror":
+                d["sigmas"], d["fixed"] = _staterror_sigmas(
+                    name, staterr[name], structure.bin_channels[name], samples_by_channel, dict(channels)
+                )
+            else:
+                unc, snom = shapesys[name]
+                valid = (snom > 0) & (unc > 0)
+                factors = np.where(valid, snom**2 / np.where(valid, unc, 1.0) ** 2, 1.0)
+                d["factors"] = factors.tolist()
+                d["auxdata"] = factors.tolist()
+                d["fixed"] = (~valid).tolist()
+            _fill_paramset(vec, ps, d)
+    gauss, pois, sigma, tau, aux = vec["gauss"], vec["pois"], vec["sigma"], vec["tau"], vec["aux"]
+    init, lower, upper, fixed = vec["init"], vec["lower"], vec["upper"], vec["fixed"]
 
     real = slice(0, structure.npars)
     if np.any(init[real] < lower[real]) or np.any(init[real] > upper[real]):
@@ -640,6 +670,53 @@ def _build_arrays(
         lin=lin, gauss=gauss, sigma=sigma, pois=pois, tau=tau, aux=aux, init=init, lower=lower, upper=upper,
         fixed=fixed, data=data, poi=poi,
     )
+
+
+def _parameter_vectors(structure: Structure, npad: int) -> dict[str, np.ndarray]:
+    """Per-parameter vectors from defaults and the measurement config (padding: fixed at 0)."""
+    vec = {
+        "gauss": np.zeros(npad, dtype=bool),
+        "pois": np.zeros(npad, dtype=bool),
+        "sigma": np.ones(npad),
+        "tau": np.ones(npad),
+        "aux": np.zeros(npad),
+        "init": np.zeros(npad),
+        "lower": np.zeros(npad),
+        "upper": np.zeros(npad),
+        "fixed": np.ones(npad, dtype=bool),
+    }
+    for name in structure.order:
+        ps = structure.paramsets[name]
+        if ps.kind not in ("staterror", "shapesys"):
+            _fill_paramset(vec, ps, _defaults(ps.kind, ps.n))
+    return vec
+
+
+def _fill_paramset(vec: dict[str, np.ndarray], ps: ParamSet, d: dict[str, Any]) -> None:
+    """Write one parameter set (defaults ``d`` overridden by the user config) into ``vec``."""
+    d = {**d, **ps.user}
+    name = ps.name
+    sl = slice(ps.start, ps.start + ps.n)
+    if d["inits"] is None or d["bounds"] is None:
+        raise UnsupportedModel(f"parameter {name!r} ({ps.kind}) needs inits and bounds in the measurement config")
+    vec["init"][sl] = _as_list(d["inits"], ps.n, f"{name} inits")
+    bounds = np.asarray(d["bounds"], dtype=float)
+    if bounds.shape != (ps.n, 2):
+        raise UnsupportedModel(f"parameter {name!r}: bounds {d['bounds']!r} are not {ps.n} [low, high] pairs")
+    vec["lower"][sl], vec["upper"][sl] = bounds[:, 0], bounds[:, 1]
+    vec["fixed"][sl] = _as_list(d["fixed"], ps.n, f"{name} fixed")
+    if ps.kind in ("histosys", "lumi", "staterror"):
+        if d["auxdata"] is None:
+            raise UnsupportedModel(f"parameter {name!r} ({ps.kind}) needs auxdata in the measurement config")
+        vec["gauss"][sl] = True
+        vec["aux"][sl] = _as_list(d["auxdata"], ps.n, f"{name} auxdata")
+        # pyhf uses the paramset's sigmas when set (and non-empty), else width 1
+        sig = d.get("sigmas")
+        vec["sigma"][sl] = _as_list(sig, ps.n, f"{name} sigmas") if sig not in (None, "undefined") and sig else 1.0
+    elif ps.kind == "shapesys":
+        vec["pois"][sl] = True
+        vec["aux"][sl] = _as_list(d["auxdata"], ps.n, f"{name} auxdata")
+        vec["tau"][sl] = _as_list(d["factors"], ps.n, f"{name} factors")
 
 
 def _staterror_sigmas(

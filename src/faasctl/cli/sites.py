@@ -107,7 +107,7 @@ def show(
     if json_:
         typer.echo(json.dumps(data, indent=2))
         return
-    text = f"# site {record.name} from {record.source}\n" + yaml.safe_dump(data, sort_keys=False)
+    text = f"# site {record.name} from {record.source}\n" + yaml.safe_dump(data, sort_keys=False, width=1 << 16)
     if console.is_terminal:
         from rich.syntax import Syntax
 

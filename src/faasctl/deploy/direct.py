@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -86,9 +87,14 @@ def site_config(
         engine.run_dir = str(run_dir)
         htex.launch_cmd = engine.containerized_launch_cmd()
     htex.label = f"faasctl-{site.name}"
-    if "OMP_NUM_THREADS" not in (provider.worker_init or ""):
-        provider.worker_init = _join_init(provider.worker_init, worker_init_exports())
-    provider.worker_init = _join_init(provider.worker_init, worker_init)
+    site_init = provider.worker_init or ""
+    if "OMP_NUM_THREADS" not in site_init:  # render adds them; a hand-made config may not
+        site_init = _join_init(site_init, worker_init_exports())
+    # Without a container the workers must run this Python installation (the interchange
+    # and the worker pools must have the same parsl): put it first on PATH; the site's own
+    # worker_init comes after and may still choose another environment.
+    here = "" if engine.container_type else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\""
+    provider.worker_init = _join_init(here, site_init, worker_init)
     # parsl asks the scheduler (squeue/qstat) for block states only this often (Slurm: 60 s):
     # a cancelled block is only seen, and replaced, at the next poll.
     if status_period < provider.status_polling_interval:
@@ -135,8 +141,8 @@ def site_executor(
             ``./runinfo/faasctl-<site>``).
         user_values: endpoint user options (as a Globus Compute user would send them,
             e.g. ``{"max_blocks": 2}``), checked against the site's schema.
-        worker_init: more shell lines for the block, after the site's (e.g. activating
-            the environment that has faasctl).
+        worker_init: more shell lines for the block, after the site's. Before the site's,
+            blocks without a container put this Python's ``bin`` folder first on PATH.
         strategy_period: seconds between scaling decisions; short, so that a lost block
             is replaced quickly.
         status_period: seconds between block status queries to the scheduler (parsl's

@@ -208,8 +208,9 @@ def load_site(name: str, *, site_file: Path | None = None, overrides: Sequence[s
     """Read, override and validate one site record.
 
     Args:
-        name: the site's name (see `list_sites`). With ``site_file`` it may be empty; if
-            given, it must match the name in that file.
+        name: the site's name (see `list_sites`). With ``site_file`` it may be empty (the
+            file's ``name``, else its stem); a file without ``name`` takes this one, a file
+            with another ``name`` is refused.
         site_file: read this file instead of looking the name up in the registry.
         overrides: ``dotted.key=value`` strings applied on top of the file (``--set``).
 

@@ -84,6 +84,16 @@ class _Blocks(_Model):
     )
 
     @model_validator(mode="after")
+    def _options_are_extra(self) -> _Blocks:
+        # the template writes these itself; a second copy in options would silently win or lose
+        taken = set(type(self).model_fields) | {"worker_init", "image", "launcher"}
+        for key in self.options:
+            if key in taken:
+                hint = key if key in ("worker_init", "image") else f"provider.{key}"
+                raise FieldError(f"provider.options.{key}", self.options[key], f"faasctl sets {key} itself: use {hint}")
+        return self
+
+    @model_validator(mode="after")
     def _blocks_in_order(self) -> _Blocks:
         for name in ("init_blocks", "min_blocks"):
             value = getattr(self, name)
@@ -177,6 +187,23 @@ class EngineSettings(_Model):
     address: str | None = Field(default=None, description="IP/host name workers connect back to")
     interface: str | None = Field(default=None, description="network interface whose address workers connect to (e.g. ib0)")
     options: dict[str, Any] = Field(default_factory=dict, description="further GlobusComputeEngine keyword arguments, passed as is")
+
+    @model_validator(mode="after")
+    def _options_are_extra(self) -> EngineSettings:
+        hints = {
+            "type": "nothing (always GlobusComputeEngine)",
+            "provider": "provider",
+            "max_workers_per_node": "engine.max_workers_per_node",
+            "available_accelerators": "engine.available_accelerators",
+            "address": "engine.address or engine.interface",
+            "container_type": "container.type",
+            "container_uri": "image",
+            "container_cmd_options": "container.options",
+        }
+        for key in self.options:
+            if key in hints:
+                raise FieldError(f"engine.options.{key}", self.options[key], f"faasctl sets {key} itself: use {hints[key]}")
+        return self
 
     @model_validator(mode="after")
     def _one_address(self) -> EngineSettings:

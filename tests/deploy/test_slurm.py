@@ -1,0 +1,139 @@
+"""Direct mode on a real Slurm cluster (.ci/slurm-up.sh: one node, localhost).
+
+The fits run in worker pools that parsl's SlurmProvider submits with sbatch, built by Globus
+Compute's loader from the generic ``slurm`` site's rendered endpoint config; the parsl
+interchange runs in this process's host, with no Globus cloud involved. The reference CLs
+are plain pyhf's, computed here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import EXAMPLE, require
+from faasctl.backends.numpy import pyhf_hypotest
+from faasctl.client import FitClient
+from faasctl.deploy.direct import site_executor
+from faasctl.pallet import Pallet, apply_patch, load_pallet
+from faasctl.results import PatchResult, ResultStore
+from faasctl.scan import pallet_record, plan, run_scan
+from faasctl.sites import load_site
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
+
+#: fast failure detection for the test cluster (the defaults suit real clusters)
+FAST = {"heartbeat_period": 1, "heartbeat_threshold": 5, "status_period": 1, "strategy_period": 0.5}
+
+
+def _sinfo_responds() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm() -> None:
+    require(_sinfo_responds(), "a Slurm cluster answering sinfo (.ci/slurm-up.sh)")
+
+
+@pytest.fixture(scope="module")
+def pallet() -> Pallet:
+    return load_pallet(EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def reference(pallet: Pallet) -> dict[str, tuple[float, list[float]]]:
+    """Plain pyhf's (CLs_obs, CLs_exp band) per patch, computed here."""
+    return {name: pyhf_hypotest(apply_patch(pallet.background, patch)) for name, patch in pallet.patches.items()}
+
+
+def _site(**blocks: int) -> Any:
+    overrides = [f"provider.{key}={value}" for key, value in blocks.items()]
+    return load_site("slurm", overrides=["provider.walltime=00:10:00", *overrides])
+
+
+def _agrees(result: PatchResult, reference: dict[str, tuple[float, list[float]]]) -> None:
+    assert result.ok, result.error
+    obs, exp = reference[result.patch]
+    assert result.cls_obs == pytest.approx(obs, rel=1e-3, abs=1e-5), result.patch
+    assert result.cls_exp == pytest.approx(exp, rel=1e-3, abs=1e-5), result.patch
+
+
+def _slurm_job(job_id: str) -> str:
+    return subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
+
+
+def test_scan_through_slurm_blocks_matches_pyhf(pallet: Pallet, reference: dict[str, Any], tmp_path: Path) -> None:
+    names = sorted(pallet.patches)[::3]  # 4 of the 12 patches
+    with site_executor(_site(max_blocks=2), run_dir=tmp_path / "runinfo", **FAST) as executor:
+        results = list(FitClient(executor).scan(pallet, names))
+        job_ids = list(executor.dfk.executors[executor.label].blocks_to_job_id.values())
+    assert sorted(r.patch for r in results) == names
+    for result in results:
+        _agrees(result, reference)
+    # the workers really were Slurm jobs of this scan
+    assert job_ids
+    assert "JobName=parsl.faasctl-slurm.block-" in _slurm_job(job_ids[0])
+
+
+def test_cancelled_block_loses_nothing_and_resume_completes(pallet: Pallet, reference: dict[str, Any],
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    store = ResultStore(out, pallet_record(pallet))
+    todo = plan(pallet, store).todo
+    assert len(todo) == 12
+    site = _site(max_blocks=1)
+
+    before: list[PatchResult] = []
+    after: list[PatchResult] = []
+    with site_executor(site, run_dir=tmp_path / "runinfo", **FAST) as executor:
+        htex = executor.dfk.executors[executor.label]
+        scan = run_scan(pallet, todo, store, executor)
+        for result in scan:
+            before.append(result)
+            if len(before) == 3:
+                break
+        killed = list(htex.blocks_to_job_id.values())
+        subprocess.run(["scancel", *killed], check=True, timeout=30)
+
+        # every result seen so far is on disk, complete
+        on_disk = ResultStore(out, pallet_record(pallet)).results
+        assert {r.patch for r in before} <= set(on_disk)
+        for result in before:
+            _agrees(on_disk[result.patch], reference)
+
+        # the block is replaced (a new Slurm job), and the scan goes on there
+        old_workers = {r.worker for r in before}
+        for result in scan:
+            after.append(result)
+            if result.worker not in old_workers:
+                break
+        assert set(htex.blocks_to_job_id.values()) - set(killed), "no replacement block was submitted"
+        scan.close()  # stop mid-scan, as a Ctrl-C would
+
+    done = {r.patch for r in before + after}
+    assert len(done) < 12, "the scan finished before it was stopped; nothing left to resume"
+    for result in before + after:
+        _agrees(result, reference)
+
+    # rerun: resume from the results file, fit only what is missing
+    store = ResultStore(out, pallet_record(pallet))
+    resumed = plan(pallet, store)
+    assert set(resumed.skipped) == done
+    assert {p.name for p in resumed.todo} == set(pallet.patches) - done
+    with site_executor(site, run_dir=tmp_path / "runinfo", **FAST) as executor:
+        rest = list(run_scan(pallet, resumed.todo, store, executor))
+    assert {r.patch for r in rest} == set(pallet.patches) - done
+
+    final = ResultStore(out, pallet_record(pallet)).results
+    assert set(final) == set(pallet.patches)
+    for result in final.values():
+        _agrees(result, reference)
