@@ -13,9 +13,10 @@ with the CLs values plain pyhf computed for it, stored in ``faasctl/reference/*.
     one near the CLs = 0.05 contour, one not excluded), when the pallet is found in
     ``$FAASCTL_PALLETS/1Lbb`` or ``../shared/pallets/1Lbb``. About 30 s per fit with numpy.
 
-A check passes when CLs_obs and the five CLs_exp agree with the reference within
-``rel_tol=1e-3`` or ``abs_tol=1e-5``. The worker's versions (`faasctl.worker.worker_info`)
-are reported with the results. `CheckReport.raise_for_status` raises `EndpointUnhealthy`
+First one worker is asked for its versions (`faasctl.worker.worker_info`, reported with the
+results), allowing ``start_timeout`` for workers to start; then the fits are sent, each
+allowed ``timeout``. A check passes when CLs_obs and the five CLs_exp agree with the
+reference within ``rel_tol=1e-3`` or ``abs_tol=1e-5``. `CheckReport.raise_for_status` raises `EndpointUnhealthy`
 when any check fails, errs or times out, so ``faasctl check`` exits non-zero for cron and CI.
 
 Regenerating the references (after a deliberate change of pyhf, or of the suites)::
@@ -226,6 +227,7 @@ class CheckReport(BaseModel):
     suite: str
     backend: str
     timeout: float
+    start_timeout: float | None = None
     healthy: bool
     elapsed: float
     worker: dict[str, Any] | None = Field(default=None, description="faasctl.worker.worker_info of one worker")
@@ -298,15 +300,21 @@ def run_check(
     target: str,
     suite: str = "quick",
     timeout: float = 120.0,
+    start_timeout: float = 300.0,
     backend: str = "numpy",
 ) -> CheckReport:
     """Run a suite of reference fits on ``executor`` and judge the answers.
+
+    First one worker is asked for its versions (`faasctl.worker.worker_info`): that waits up
+    to ``start_timeout`` for workers to start. Then the fits are sent, each allowed
+    ``timeout`` seconds.
 
     Args:
         executor: where the fits run (any `concurrent.futures.Executor`, as `FitClient`).
         target: what ``executor`` is, for the report (``site local``, ``endpoint <uuid>``).
         suite: ``quick`` or ``full`` (see the module docstring).
-        timeout: seconds each fit (and the version query) may take.
+        timeout: seconds each fit may take.
+        start_timeout: seconds to wait for the first answer (workers starting, blocks queued).
         backend: the fit backend on the workers; the references are plain pyhf.
 
     Returns:
@@ -317,18 +325,18 @@ def run_check(
     """
     from faasctl.client import FitClient
     from faasctl.exceptions import ScanError
-    from faasctl.worker import worker_info
 
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     start = time.monotonic()
-    checks: list[CheckResult] = []
-    try:
-        info_future = executor.submit(worker_info)
-    except Exception as err:  # noqa: BLE001 - shut down, not connected, refused
-        raise EndpointUnhealthy(f"{target}: refused the first task: {type(err).__name__}: {err}") from err
+    info, info_check = _worker_info(executor, target, start, start_timeout)
+    checks: list[CheckResult] = [info_check]
     for name in SUITES[suite]:
         reference = load_reference(name)
+        if info_check.status == "timeout":
+            checks += [CheckResult(name=f.patch, suite=name, status="skipped", message="not sent: no worker answered")
+                       for f in reference.fits]
+            continue
         pallet, rows = _suite_pallet(name, reference)
         checks += rows
         if pallet is None:
@@ -343,32 +351,37 @@ def run_check(
             raise EndpointUnhealthy(f"{target}: {err}") from err
         checks += [answers[f] for f in fits]  # in the reference's order
         log.info("suite %s: %d fits in %.1f s", name, len(fits), time.monotonic() - start)
-
-    info, info_check = _worker_info(info_future, start, timeout)
     return CheckReport(
-        target=target, suite=suite, backend=backend, timeout=timeout, worker=info,
-        checks=[info_check, *checks], elapsed=round(time.monotonic() - start, 3),
-        healthy=not info_check.failed and not any(c.failed for c in checks),
+        target=target, suite=suite, backend=backend, timeout=timeout, start_timeout=start_timeout, worker=info,
+        checks=checks,
+        elapsed=round(time.monotonic() - start, 3), healthy=not any(c.failed for c in checks),
     )
 
 
-def _worker_info(future: cf.Future[Any], start: float, timeout: float) -> tuple[dict[str, Any] | None, CheckResult]:
-    # the fits ran after it was submitted: by now it has had at least ``timeout`` seconds
-    left = max(1.0, start + timeout - time.monotonic())
-    try:
-        info = future.result(timeout=left)
-    except cf.TimeoutError:
-        return None, CheckResult(name="worker_info", suite="worker", status="timeout",
-                                 message=f"TimeoutError: no answer within {timeout:g} s",
-                                 seconds=round(time.monotonic() - start, 3))
-    except Exception as err:  # noqa: BLE001 - reported as a failed check
-        from faasctl.client import error_text
+def _worker_info(
+    executor: cf.Executor, target: str, start: float, start_timeout: float
+) -> tuple[dict[str, Any] | None, CheckResult]:
+    from faasctl.client import error_text
+    from faasctl.worker import worker_info
 
-        return None, CheckResult(name="worker_info", suite="worker", status="error", message=error_text(err),
-                                 seconds=round(time.monotonic() - start, 3))
+    def row(status: Status, message: str, worker: str | None = None) -> CheckResult:
+        return CheckResult(name="worker_info", suite="worker", status=status, message=message, worker=worker,
+                           seconds=round(time.monotonic() - start, 3))
+
+    try:
+        future = executor.submit(worker_info)
+    except Exception as err:  # noqa: BLE001 - shut down, not connected, refused
+        raise EndpointUnhealthy(f"{target}: refused the first task: {error_text(err)}") from err
+    try:
+        info = future.result(timeout=start_timeout)
+    except cf.TimeoutError:
+        with contextlib.suppress(Exception):
+            future.cancel()
+        return None, row("timeout", f"TimeoutError: no worker answered within {start_timeout:g} s")
+    except Exception as err:  # noqa: BLE001 - reported as a failed check
+        return None, row("error", error_text(err))
     versions = ", ".join(f"{k} {info.get(k) or '-'}" for k in ("python", "pyhf", "numpy", "scipy", "jax", "faasctl"))
-    return info, CheckResult(name="worker_info", suite="worker", status="pass", message=versions,
-                             worker=info.get("worker"), seconds=round(time.monotonic() - start, 3))
+    return info, row("pass", versions, info.get("worker"))
 
 
 # --- targets -----------------------------------------------------------------------------------
@@ -449,12 +462,13 @@ def open_executor(*, endpoint: str | None = None, site: str = "local", workers: 
 
 def check_target(
     *, endpoint: str | None = None, site: str = "local", suite: str = "quick", timeout: float = 120.0,
-    backend: str = "numpy",
+    start_timeout: float = 300.0, backend: str = "numpy",
 ) -> CheckReport:
     """Open the target's executor, run the suite and return the report (what ``faasctl check`` does)."""
     target = f"endpoint {endpoint}" if endpoint else f"site {site}"
     with open_executor(endpoint=endpoint, site=site) as executor:
-        return run_check(executor, target=target, suite=suite, timeout=timeout, backend=backend)
+        return run_check(executor, target=target, suite=suite, timeout=timeout, start_timeout=start_timeout,
+                         backend=backend)
 
 
 # --- regeneration ------------------------------------------------------------------------------

@@ -283,18 +283,18 @@ class FitClient:
             for job in task.jobs:
                 yield self._failed(job, f"malformed result: expected {len(task.jobs)} record(s), got {output!r:.200}")
             return
-        for job, record in zip(task.jobs, records):
-            result = self._result(job, record, task, queue)
+        for i, (job, record) in enumerate(zip(task.jobs, records)):
+            result = self._result(job, record, task.background and i == 0, queue)
             if result is not None:
                 yield result
 
-    def _result(self, job: _Job, record: Any, task: _Task, queue: deque[_Job]) -> PatchResult | None:
+    def _result(self, job: _Job, record: Any, carried: bool, queue: deque[_Job]) -> PatchResult | None:
         if not isinstance(record, dict):
             return self._failed(job, f"malformed result: expected a record, got {record!r:.200}")
         if record.get("status") == NEED_BACKGROUND:
-            if task.background:
+            if carried:
                 # the task carried it: resending would loop
-                return self._failed(job, f"worker {record.get('worker')} asked for the background although the "
+                return self._failed(job, f"worker {record.get('worker') or '(unnamed)'} asked for the background although the "
                                          "task carried it (does the task function keep it?)")
             self.bounces += 1
             job.needs_background = True

@@ -57,14 +57,16 @@ def _sorted(items: Any) -> tuple[Any, ...]:
 
 def _shape(data: Any) -> Any:
     """The shape of a modifier's or sample's data, without its numbers."""
-    if isinstance(data, Mapping):
+    if isinstance(data, dict):
         return tuple(sorted(((str(k), _shape(v)) for k, v in data.items()), key=lambda kv: kv[0]))
     if isinstance(data, (list, tuple)):
         return len(data)
     return None if data is None else ()
 
 
-def _modifier(m: Mapping[str, Any]) -> tuple[str, str, Any]:
+def _modifier(m: Any) -> tuple[str, str, Any]:
+    if not isinstance(m, dict):
+        return ("", "", repr(m))
     return (str(m.get("name")), str(m.get("type")), _shape(m.get("data")))
 
 
@@ -75,11 +77,24 @@ def _modifier_order(m: tuple[str, str, Any]) -> tuple[str, str, str]:
 SampleKey = tuple[Any, tuple[tuple[str, str, Any], ...]]
 
 
-def _sample_key(sample: Mapping[str, Any]) -> SampleKey:
+def _sample_key(sample: Any) -> SampleKey:
     """A sample without its name and numbers: its data's shape and its modifiers."""
-    modifiers = sample.get("modifiers", []) if isinstance(sample, Mapping) else []
-    data = sample.get("data") if isinstance(sample, Mapping) else None
-    return (_shape(data), tuple(sorted(map(_modifier, modifiers), key=_modifier_order)))
+    if not isinstance(sample, dict):
+        return (repr(sample), ())
+    return (_shape(sample.get("data")), tuple(sorted(map(_modifier, sample.get("modifiers") or []), key=_modifier_order)))
+
+
+@dataclass(frozen=True)
+class _SampleInfo:
+    digest: str  # of the sample's key: what `structure_signature` sorts and hashes
+    shape: Any
+    modifiers: frozenset[tuple[str, str, Any]]
+
+
+def _sample_info(sample: Any) -> _SampleInfo:
+    key = _sample_key(sample)
+    digest = hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()
+    return _SampleInfo(digest, key[0], frozenset(key[1]))
 
 
 def _measurements(spec: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -92,37 +107,37 @@ def _measurements(spec: Mapping[str, Any]) -> tuple[Any, ...]:
     return (tuple(measurements[:1]), _sorted(measurements[1:]))
 
 
-def _structure_key(spec: Mapping[str, Any], sample_key: Callable[[Any], SampleKey]) -> tuple[Any, ...]:
-    channels = []
-    for channel in spec.get("channels", []):
-        samples = channel.get("samples", [])
-        bins = max((len(s.get("data", [])) for s in samples if isinstance(s, Mapping)), default=0)
-        channels.append((str(channel.get("name")), bins, _sorted(map(sample_key, samples))))
-    channels.sort(key=lambda c: c[0])  # names are unique in a valid spec
-    observations = _sorted((o.get("name"), _shape(o.get("data"))) for o in spec.get("observations", []))
-    return (tuple(channels), observations, _measurements(spec))
+def _bins(samples: Sequence[Any]) -> int:
+    return max((len(s.get("data") or []) for s in samples if isinstance(s, dict)), default=0)
 
 
-def _layout_key(spec: Mapping[str, Any], sample_key: Callable[[Any], SampleKey]) -> str:
-    """Coarser than `structure_key`: per channel, the set of modifiers and data shapes.
+def _observations(spec: Mapping[str, Any]) -> tuple[Any, ...]:
+    return _sorted((o.get("name"), _shape(o.get("data"))) for o in spec.get("observations", []))
+
+
+def _signature(spec: Mapping[str, Any], info: Callable[[Any], _SampleInfo]) -> str:
+    channels = sorted(
+        (str(c.get("name")), _bins(c.get("samples", [])), sorted(info(s).digest for s in c.get("samples", [])))
+        for c in spec.get("channels", [])
+    )
+    key = (channels, _observations(spec), _measurements(spec))
+    return hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()
+
+
+def _layout_key(spec: Mapping[str, Any], info: Callable[[Any], _SampleInfo]) -> tuple[Any, ...]:
+    """Coarser than `structure_key`: per channel, the set of modifiers and of data shapes.
 
     pyhf's model building (parameter sets, POI, shapes) depends on this, not on which
-    sample carries which modifier: specs with one layout key build, or fail, alike.
+    sample carries which modifier, nor on names of samples or numbers: specs with one
+    layout build, or fail, alike. A key for this process only (frozensets, not digests).
     """
     channels = []
     for channel in spec.get("channels", []):
-        shapes: set[Any] = set()
-        modifiers: set[tuple[str, str, Any]] = set()
-        count = 0
-        for sample in channel.get("samples", []):
-            data_shape, sample_modifiers = sample_key(sample)
-            shapes.add(data_shape)
-            modifiers.update(sample_modifiers)
-            count += 1
-        channels.append((str(channel.get("name")), count > 0, _sorted(shapes), tuple(sorted(modifiers, key=_modifier_order))))
+        infos = [info(s) for s in channel.get("samples", [])]
+        modifiers = frozenset().union(*(i.modifiers for i in infos))
+        channels.append((str(channel.get("name")), len(infos) > 0, frozenset(i.shape for i in infos), modifiers))
     channels.sort(key=lambda c: c[0])
-    observations = _sorted((o.get("name"), _shape(o.get("data"))) for o in spec.get("observations", []))
-    return hashlib.sha256(repr((channels, observations, _measurements(spec))).encode()).hexdigest()
+    return (tuple(channels), _observations(spec), _measurements(spec))
 
 
 def structure_key(spec: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -146,7 +161,11 @@ def structure_key(spec: Mapping[str, Any]) -> tuple[Any, ...]:
         >>> structure_key(a) == structure_key(b)
         True
     """
-    return _structure_key(spec, _sample_key)
+    channels = sorted(
+        (str(c.get("name")), _bins(c.get("samples", [])), _sorted(map(_sample_key, c.get("samples", []))))
+        for c in spec.get("channels", [])
+    )
+    return (tuple(channels), _observations(spec), _measurements(spec))
 
 
 def structure_signature(spec: Mapping[str, Any]) -> str:
@@ -159,11 +178,7 @@ def structure_signature(spec: Mapping[str, Any]) -> str:
         >>> structure_signature(a) == structure_signature(b)
         False
     """
-    return _digest(structure_key(spec))
-
-
-def _digest(key: tuple[Any, ...]) -> str:
-    return hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()
+    return _signature(spec, _sample_info)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -264,14 +279,14 @@ def _apply_to_samples(
     copied: set[int] = set()
     added: list[tuple[int, int, Any]] = []
     for i, op in enumerate(operations):
-        if not isinstance(op, Mapping) or op.get("op") not in ("add", "replace", "remove"):
+        if not isinstance(op, dict) or op.get("op") not in ("add", "replace", "remove"):
             return None
         match = _SAMPLE_PATH.match(str(op.get("path", "")))
         if match is None or int(match[1]) >= len(channels):
             return None
         c = int(match[1])
         if c not in copied:
-            if not isinstance(channels[c], Mapping) or not isinstance(channels[c].get("samples"), list):
+            if not isinstance(channels[c], dict) or not isinstance(channels[c].get("samples"), list):
                 return None
             channels[c] = {**channels[c], "samples": list(channels[c]["samples"])}
             copied.add(c)
@@ -295,8 +310,10 @@ def _apply_to_samples(
 class _SampleSchema:
     """pyhf's ``sample`` schema, with each modifier checked against its own type's definition.
 
-    Equivalent to the ``anyOf`` over modifier types in ``defs.json``, and several times
-    faster: jsonschema need not try (and fail) every other type first.
+    Equivalent to the ``anyOf`` over modifier types in ``defs.json``, and much faster:
+    jsonschema need not try (and fail) every other type first, and modifiers that differ
+    from one already checked only in their numbers are not checked again (the schema puts
+    no bounds on numbers, so any number is as valid as another).
     """
 
     def __init__(self) -> None:
@@ -306,21 +323,45 @@ class _SampleSchema:
         definitions = pyhf.schema.load_schema("1.0.0/defs.json")["definitions"]
         self.modifiers = {t: jsonschema.Draft6Validator(d) for t, d in definitions["modifier"].items()}
         shell = json.loads(json.dumps(definitions["sample"]))
-        shell["properties"]["modifiers"]["items"] = {
-            "type": "object",
-            "properties": {"type": {"enum": sorted(self.modifiers)}},
-            "required": ["type"],
-        }
+        del shell["properties"]["modifiers"]["items"]  # checked one by one below
         self.sample = jsonschema.Draft6Validator(shell)
+        self.dispatch = jsonschema.Draft6Validator(
+            {"type": "object", "properties": {"type": {"enum": sorted(self.modifiers)}}, "required": ["type"]}
+        )
+        text = json.dumps(definitions["modifier"])
+        self._memo: dict[str, tuple[str, str] | None] | None = (
+            None if any(k in text for k in ('"minimum"', '"maximum"', '"exclusiveM', '"multipleOf"')) else {}
+        )
 
     def error(self, sample: Any) -> tuple[str, str] | None:
         """The first schema violation in ``sample`` as (field path, message), or None."""
         for err in self.sample.iter_errors(sample):
             return _json_path(err.absolute_path), _short(err.message)
         for k, modifier in enumerate(sample["modifiers"]):
-            for err in self.modifiers[modifier["type"]].iter_errors(modifier):
-                return f"modifiers[{k}]" + _json_path(err.absolute_path, dotted=True), _short(err.message)
+            problem = self._modifier_error(modifier)
+            if problem is not None:
+                return f"modifiers[{k}]{problem[0]}", problem[1]
         return None
+
+    def _modifier_error(self, modifier: Mapping[str, Any]) -> tuple[str, str] | None:
+        key = _NUMBER.sub("0", json.dumps(modifier)) if self._memo is not None else ""
+        if self._memo is not None and key in self._memo:
+            return self._memo[key]
+        problem = None
+        for validator in (self.dispatch, None):
+            validator = validator or self.modifiers[modifier["type"]]
+            for err in validator.iter_errors(modifier):
+                problem = _json_path(err.absolute_path, dotted=True), _short(err.message)
+                break
+            if problem is not None:
+                break
+        if self._memo is not None:
+            self._memo[key] = problem
+        return problem
+
+
+#: Numbers in JSON text (and digits in strings, which stay strings: no harm to the memo's key).
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
 def _json_path(path: Any, *, dotted: bool = False) -> str:
@@ -339,13 +380,29 @@ def _reason(err: Exception) -> str:
 
 
 def _model_summary(patch: str, spec: Mapping[str, Any]) -> ModelSummary:
-    """Build the model and its data as the fits do (pyhf, the study's interpolation codes)."""
+    """Build the model and its data as the fits do (pyhf, the study's interpolation codes).
+
+    The steps of ``pyhf.Workspace(spec).model(...)`` and ``.data(model)``, less the
+    workspace's deep copy of the spec (the spec was validated before, in parts).
+    """
     import pyhf
 
-    workspace = pyhf.Workspace(dict(spec), validate=False)  # validated before, in parts
-    model = workspace.model(modifier_settings=MODIFIER_SETTINGS, validate=False)
-    workspace.data(model)
+    measurement = spec["measurements"][0]  # what Workspace.model uses by default
+    model = pyhf.Model(
+        {"channels": spec["channels"], "parameters": measurement["config"].get("parameters", [])},
+        poi_name=measurement["config"]["poi"],
+        modifier_settings=MODIFIER_SETTINGS,
+        validate=False,
+    )
     config = model.config
+    observations = {o["name"]: o["data"] for o in spec["observations"]}
+    for channel in config.channels:
+        if channel not in observations:
+            raise KeyError(f"no observations for channel {channel!r}")
+        if len(observations[channel]) != config.channel_nbins[channel]:
+            raise ValueError(
+                f"channel {channel!r} has {config.channel_nbins[channel]} bins but {len(observations[channel])} observations"
+            )
     uses: Counter[str] = Counter()
     for channel in spec["channels"]:
         for sample in channel["samples"]:
@@ -373,17 +430,17 @@ class _Examiner:
         background = pallet.background
         # Background samples are shared by every patched spec: describe them once, by identity
         # (the pallet keeps them alive, so ids are not reused).
-        self._known = {id(s): _sample_key(s) for c in background["channels"] for s in c["samples"]}
+        self._known = {id(s): _sample_info(s) for c in background["channels"] for s in c["samples"]}
         self._schema: _SampleSchema | None = None
-        self.layouts: dict[str, ModelGroup] = {}
+        self.layouts: dict[tuple[Any, ...], ModelGroup] = {}
         self.structures: dict[str, list[str]] = {}
         self.modifiers: Counter[str] = Counter()
         self.channels: Counter[str] = Counter()
         self.applied = 0
 
-    def sample_key(self, sample: Any) -> SampleKey:
+    def sample_info(self, sample: Any) -> _SampleInfo:
         known = self._known.get(id(sample))
-        return known if known is not None else _sample_key(sample)
+        return known if known is not None else _sample_info(sample)
 
     def _patched(self, patch: Patch) -> dict[str, Any]:
         """The patched spec, checked against pyhf's schema; raise PalletError naming the problem."""
@@ -425,13 +482,20 @@ class _Examiner:
             report.failed[patch.name] = str(err)
             return
         self.applied += 1
-        self.structures.setdefault(_digest(_structure_key(spec, self.sample_key)), []).append(patch.name)
-        layout = _layout_key(spec, self.sample_key)
+        infos: dict[int, _SampleInfo] = {}  # new samples: described once for both keys
+
+        def info(sample: Any) -> _SampleInfo:
+            if id(sample) not in infos:
+                infos[id(sample)] = self.sample_info(sample)
+            return infos[id(sample)]
+
+        self.structures.setdefault(_signature(spec, info), []).append(patch.name)
+        layout = _layout_key(spec, info)
         group = self.layouts.get(layout)
         if group is None:
             group = self.layouts[layout] = ModelGroup(patches=[])
             if self.build:
-                log.info("building the model of %s (layout %s)", patch.name, layout[:12])
+                log.info("building the model of %s (layout %d)", patch.name, len(self.layouts))
                 try:
                     group.model = _model_summary(patch.name, spec)
                 except Exception as err:  # noqa: BLE001 - any pyhf failure is this layout's finding

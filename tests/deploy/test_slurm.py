@@ -8,6 +8,8 @@ are plain pyhf's, computed here.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import multiprocessing
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +21,7 @@ from conftest import EXAMPLE, require
 from faasctl.backends.numpy import pyhf_hypotest
 from faasctl.client import FitClient
 from faasctl.deploy.direct import site_executor
+from faasctl.engine import WORKER_ENV
 from faasctl.pallet import Pallet, apply_patch, load_pallet
 from faasctl.results import PatchResult, ResultStore
 from faasctl.scan import pallet_record, plan, run_scan
@@ -49,10 +52,23 @@ def pallet() -> Pallet:
     return load_pallet(EXAMPLE)
 
 
+def _pyhf_reference(background: dict[str, Any], patch: Any) -> tuple[float, list[float]]:
+    return pyhf_hypotest(apply_patch(background, patch))
+
+
 @pytest.fixture(scope="module")
 def reference(pallet: Pallet) -> dict[str, tuple[float, list[float]]]:
-    """Plain pyhf's (CLs_obs, CLs_exp band) per patch, computed here."""
-    return {name: pyhf_hypotest(apply_patch(pallet.background, patch)) for name, patch in pallet.patches.items()}
+    """Plain pyhf's (CLs_obs, CLs_exp band) per patch, computed here.
+
+    In two fresh processes with one BLAS thread each: threaded BLAS on a busy 2-core
+    machine is several times slower than this.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in WORKER_ENV.items():
+            mp.setenv(key, value)  # read by the spawned processes when they import numpy
+        with cf.ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {name: pool.submit(_pyhf_reference, pallet.background, patch) for name, patch in pallet.patches.items()}
+            return {name: fut.result() for name, fut in futures.items()}
 
 
 def _site(**blocks: int) -> Any:

@@ -63,10 +63,11 @@ The service account the endpoint pod runs as.
 {{- end -}}
 
 {{/*
-The endpoint image reference; the tag defaults to the chart's appVersion.
+The endpoint image reference; the tag defaults to the CPU worker image of the chart's
+appVersion (<appVersion>-cpu, as `faasctl image build` tags it).
 */}}
 {{- define "faasctl.image" -}}
-{{- printf "%s:%s" .Values.endpoint.image.repository (default .Chart.AppVersion .Values.endpoint.image.tag) -}}
+{{- printf "%s:%s" .Values.endpoint.image.repository (default (printf "%s-cpu" .Chart.AppVersion) .Values.endpoint.image.tag) -}}
 {{- end -}}
 
 {{/*

@@ -238,8 +238,8 @@ def _fit(m: Prepared, data, aux, x0, fixed):
     Gauss-Newton matrix where the exact Hessian is not positive definite (far from the
     minimum), and Levenberg-Marquardt damping if neither works or a step fails. Each step
     is backtracked along the projected path until the NLL decreases enough (Armijo).
-    Converged when the undamped Newton decrement ``g^T H^-1 g`` (about twice the distance
-    to the minimum, in NLL) is below `TOLERANCE`.
+    Converged when the Newton decrement ``g^T H^-1 g`` with the exact Hessian (about twice
+    the distance to the minimum, in NLL) is below `TOLERANCE`.
     """
     TRACES["fit"] += 1
     lower, upper = m.lower, m.upper
@@ -262,7 +262,8 @@ def _fit(m: Prepared, data, aux, x0, fixed):
         gf = jnp.where(free, g, 0.0)
         step = -cho_solve((jnp.where(chol_ok, chol, eye), True), gf)
         dec = -(gf @ step)
-        done = newton & (lam == 0.0) & (dec <= TOLERANCE)
+        # (a damping this small only matters where the Hessian is singular: flat directions)
+        done = newton & (lam <= 1e-6) & (dec <= TOLERANCE)
         search = chol_ok & ~done
 
         def ls_cond(ls):

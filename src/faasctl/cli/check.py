@@ -40,8 +40,9 @@ def check(
         "reach a site in direct mode. \\[default: local]", show_default=False)] = None,
     suite: Annotated[Suite, typer.Option(
         help="quick: a synthetic model, seconds; full: also real 1Lbb patches, about a minute.")] = Suite.quick,
-    timeout: Annotated[float, typer.Option(
-        min=0.1, help="Seconds each fit may take; give queued batch sites room to start workers.")] = 120.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds each fit may take.")] = 120.0,
+    start_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds to wait for the first worker to answer (workers starting, blocks queued).")] = 300.0,
     backend: options.Backend = options.BackendName.numpy,
     as_json: options.Json = False,
 ) -> None:
@@ -64,7 +65,7 @@ def check(
     target = f"endpoint {endpoint}" if endpoint else f"site {site or 'local'}"
     with err_console.status(f"Checking {target} ({suite.value} suite) …"):
         report = check_target(endpoint=endpoint, site=site or "local", suite=suite.value, timeout=timeout,
-                              backend=backend.value)
+                              start_timeout=start_timeout, backend=backend.value)
     if as_json:
         typer.echo(report.model_dump_json(indent=2, by_alias=True))
     else:

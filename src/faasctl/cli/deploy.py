@@ -41,7 +41,10 @@ Values = Annotated[
     ),
 ]
 
-DEPLOY_HELP = "Exit status: 0 done (or planned, with --dry-run); 2 invalid site or values; 69 a command failed."
+DEPLOY_HELP = (
+    "Exit status: 0 done (or planned, with --dry-run); 2 invalid site record or endpoint config; "
+    "69 chart values refused, or a command failed."
+)
 STATUS_HELP = "Exit status: 0 the endpoint is running (helm: the release is deployed); 1 it is not; 69 the query failed."
 
 

@@ -38,3 +38,14 @@ Backend = Annotated[
     BackendName,
     typer.Option(help="numpy: plain pyhf, the reference; jax: compiled once per model, fast; auto: jax where it can."),
 ]
+Labels = Annotated[
+    Optional[str],
+    typer.Option(
+        "--labels",
+        help=(
+            "Names of each patch's values, comma separated, e.g. m1,m2 (for tables and the exclusion plot). "
+            "Default: the patchset's labels, or value0,value1,... for one patch.NAME.json file per point."
+        ),
+        show_default=False,
+    ),
+]

@@ -150,7 +150,8 @@ class Notice(Action):
         return f"to do by hand: {self.message}"
 
     def apply(self) -> None:
-        log.warning("%s", self.message)
+        # shown to the user with the plan; nothing to do here
+        log.info("left to the user: %s", self.message)
 
 
 @dataclass

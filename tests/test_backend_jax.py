@@ -1,0 +1,288 @@
+"""The compiled jax backend against plain pyhf (the numpy reference backend).
+
+Reference values are computed here with pyhf, never typed in. The engine runs with
+``fallback=False`` so that a patch it cannot fit fails the test instead of quietly being
+computed by pyhf.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pyhf  # noqa: E402
+
+from conftest import SHARED_PALLETS, require  # noqa: E402
+from faasctl.backends import get_backend  # noqa: E402
+from faasctl.backends import jax as jax_backend  # noqa: E402
+from faasctl.backends.histfactory import BackgroundCache, UnsupportedModel, build_arrays, patched_spec  # noqa: E402
+from faasctl.backends.numpy import pyhf_hypotest  # noqa: E402
+from faasctl.pallet import MODIFIER_SETTINGS, Patch, apply_patch, load_pallet, workspace_digest  # noqa: E402
+
+RTOL, ATOL = 1e-3, 1e-5
+
+
+def assert_agrees(got, want, what):
+    got = [got[0], *got[1]]
+    want = [want[0], *want[1]]
+    for g, w in zip(got, want):
+        assert abs(g - w) <= ATOL or abs(g - w) <= RTOL * abs(w), f"{what}: jax {got} vs pyhf {want}"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return jax_backend.JaxBackend(fallback=False)
+
+
+@pytest.fixture(scope="module")
+def example(request):
+    from conftest import EXAMPLE
+
+    return load_pallet(EXAMPLE)
+
+
+def synthetic_workspace():
+    """A small workspace using every modifier type pyhf knows, with the awkward cases:
+    a staterror bin without uncertainty (fixed), a shapesys bin without uncertainty
+    (fixed), a shapefactor shared by two channels, histosys and normsys sharing a name,
+    a fixed parameter and user-configured bounds, inits and lumi."""
+    def sample(name, data, modifiers):
+        return {"name": name, "data": data, "modifiers": modifiers}
+
+    sr = [
+        sample("signal", [4.0, 8.0, 3.0], [
+            {"name": "mu", "type": "normfactor", "data": None},
+            {"name": "sig_xsec", "type": "normsys", "data": {"hi": 1.1, "lo": 0.88}},
+            {"name": "lumi", "type": "lumi", "data": None},
+            {"name": "staterror_SR", "type": "staterror", "data": [0.5, 0.7, 0.4]},
+        ]),
+        sample("bkg1", [30.0, 22.0, 9.0], [
+            {"name": "jes", "type": "histosys", "data": {"hi_data": [33.0, 23.0, 10.5], "lo_data": [28.0, 21.5, 7.9]}},
+            {"name": "jes", "type": "normsys", "data": {"hi": 1.04, "lo": 0.97}},
+            {"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.2, "lo": 0.85}},
+            {"name": "mu_b", "type": "normfactor", "data": None},
+            {"name": "lumi", "type": "lumi", "data": None},
+            {"name": "staterror_SR", "type": "staterror", "data": [1.5, 1.2, 0.0]},
+            {"name": "bkg1_shape", "type": "shapesys", "data": [3.0, 0.0, 1.5]},
+        ]),
+        sample("bkg2", [12.0, 10.0, 6.0], [
+            {"name": "sf", "type": "shapefactor", "data": None},
+            {"name": "jes", "type": "histosys", "data": {"hi_data": [12.5, 10.4, 5.5], "lo_data": [11.0, 9.8, 6.3]}},
+            {"name": "fixed_syst", "type": "normsys", "data": {"hi": 1.3, "lo": 0.8}},
+        ]),
+    ]
+    cr = [
+        sample("bkg1", [80.0, 60.0, 41.0], [
+            {"name": "mu_b", "type": "normfactor", "data": None},
+            {"name": "jes", "type": "histosys", "data": {"hi_data": [84.0, 61.0, 44.0], "lo_data": [77.0, 58.0, 40.0]}},
+            {"name": "lumi", "type": "lumi", "data": None},
+            {"name": "staterror_CR", "type": "staterror", "data": [2.0, 0.0, 1.0]},
+        ]),
+        sample("bkg2", [50.0, 45.0, 30.0], [
+            {"name": "sf", "type": "shapefactor", "data": None},
+            {"name": "staterror_CR", "type": "staterror", "data": [1.0, 0.0, 2.0]},
+        ]),
+    ]
+    return {
+        "channels": [{"name": "SR", "samples": sr}, {"name": "CR", "samples": cr}],
+        "observations": [{"name": "SR", "data": [49.0, 38.0, 16.0]}, {"name": "CR", "data": [128.0, 108.0, 69.0]}],
+        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": [
+            {"name": "lumi", "auxdata": [1.0], "sigmas": [0.02], "bounds": [[0.9, 1.1]], "inits": [1.0]},
+            {"name": "mu_b", "bounds": [[0.0, 4.0]], "inits": [1.2]},
+            {"name": "mu", "bounds": [[0.0, 8.0]]},
+            {"name": "fixed_syst", "fixed": True, "inits": [0.3]},
+        ]}}],
+        "version": "1.0.0",
+    }
+
+
+def pyhf_model(spec):
+    workspace = pyhf.Workspace(spec)
+    model = workspace.model(modifier_settings=MODIFIER_SETTINGS)
+    return model, workspace.data(model)
+
+
+def test_arrays_follow_pyhf_parameters_and_likelihood():
+    """Parameter order, inits, bounds, fixed flags, expected data and NLL equal pyhf's."""
+    spec = synthetic_workspace()
+    model, data = pyhf_model(spec)
+    arrays = build_arrays(spec)
+    n = model.config.npars
+    assert arrays.structure.par_names == model.config.par_names
+    assert arrays.init[:n].tolist() == pytest.approx(model.config.suggested_init())
+    assert np.column_stack([arrays.lower, arrays.upper])[:n].tolist() == [list(b) for b in model.config.suggested_bounds()]
+    assert arrays.fixed[:n].tolist() == model.config.suggested_fixed()
+    assert arrays.fixed[n:].all()  # padding
+    rng = np.random.default_rng(7)
+    lower, upper = np.array(model.config.suggested_bounds()).T
+    with jax.enable_x64(True):
+        prepared = jax_backend.prepare(arrays)
+        for scale in (0.0, 0.3, 0.8, 1.6):
+            pars = np.clip(np.array(model.config.suggested_init()) + rng.normal(0, scale, n), lower + 1e-3, upper)
+            theta = jnp.asarray(np.concatenate([pars, arrays.init[n:]]))
+            want = -float(model.logpdf(pars, data)[0])
+            got = float(jax_backend._nll(theta, prepared, jnp.asarray(arrays.data), jnp.asarray(arrays.aux)))
+            assert got == pytest.approx(want, rel=1e-12, abs=1e-9)
+            expected = np.asarray(jax_backend._expected(theta, prepared))
+            assert expected == pytest.approx(np.asarray(model.expected_actualdata(pars)), rel=1e-12)
+
+
+def test_derivatives_equal_autodiff():
+    """The structured gradient and Hessian equal jax's autodiff ones, also with the POI at 0."""
+    arrays = build_arrays(synthetic_workspace())
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        m = jax_backend.prepare(arrays)
+        data, aux = jnp.asarray(arrays.data), jnp.asarray(arrays.aux)
+        for poi in (0.0, 0.7, 2.5):
+            x = np.clip(arrays.init + rng.normal(0, 0.4, arrays.init.size), arrays.lower, arrays.upper)
+            x[arrays.poi] = poi
+            x = jnp.asarray(x)
+            value, grad, hess, _ = jax_backend._jit_derivatives(x, m, data, aux)
+            assert float(value) == pytest.approx(float(jax_backend._nll(x, m, data, aux)), rel=1e-13)
+            np.testing.assert_allclose(grad, jax.grad(jax_backend._nll)(x, m, data, aux), rtol=1e-9, atol=1e-9)
+            auto = np.asarray(jax.hessian(jax_backend._nll)(x, m, data, aux))
+            if poi == 0.0:  # the POI row is approximate at a zero factor (it only steers)
+                keep = np.arange(auto.shape[0]) != arrays.poi
+                auto, hess = auto[np.ix_(keep, keep)], np.asarray(hess)[np.ix_(keep, keep)]
+            np.testing.assert_allclose(hess, auto, rtol=1e-9, atol=1e-8)
+
+
+def test_synthetic_workspace_matches_pyhf(engine):
+    spec = synthetic_workspace()
+    patch = Patch("signal_x2", (0.0,), [{"op": "replace", "path": "/channels/0/samples/0/data", "value": [8.0, 16.0, 6.0]}])
+    for operations in ([], patch.operations):
+        p = Patch("p", (0.0,), operations)
+        got = engine.hypotest(spec, workspace_digest(spec), p)
+        assert_agrees(got, pyhf_hypotest(apply_patch(spec, p)), "synthetic")
+
+
+def test_example_pallet_matches_pyhf_on_every_patch(engine, example):
+    for patch in example.patches.values():
+        got = engine.hypotest(example.background, example.digest, patch)
+        assert all(isinstance(v, float) for v in [got[0], *got[1]])
+        assert_agrees(got, pyhf_hypotest(example.workspace_spec(patch)), patch.name)
+
+
+def test_compiled_once_for_all_patches(engine, example):
+    """After the first patch, further patches trace (compile) nothing new."""
+    patches = list(example.patches.values())
+    engine.hypotest(example.background, example.digest, patches[0])
+    before = dict(jax_backend.TRACES)
+    for patch in patches[1:]:
+        engine.hypotest(example.background, example.digest, patch)
+    assert dict(jax_backend.TRACES) == before
+    assert before["fit"] >= 1
+
+
+def test_x64_does_not_leak(engine, example):
+    engine.hypotest(example.background, example.digest, next(iter(example.patches.values())))
+    assert not jax.config.jax_enable_x64
+    assert jnp.zeros(1).dtype == jnp.float32
+
+
+def test_patch_is_applied_without_copying_the_background(example):
+    background_before = copy.deepcopy(example.background)
+    for patch in example.patches.values():
+        spec = patched_spec(example.background, patch.operations)
+        assert spec == apply_patch(example.background, patch)
+        # untouched samples are the background's own objects
+        assert spec["channels"][0]["samples"][0] is example.background["channels"][0]["samples"][0]
+    assert example.background == background_before
+
+
+def test_background_samples_are_parsed_once(example):
+    cache = BackgroundCache(example.background)
+    first, second = list(example.patches.values())[:2]
+    a = build_arrays(patched_spec(example.background, first.operations), cache)
+    sample = example.background["channels"][0]["samples"][0]
+    block = cache.block(sample, len(sample["data"]), "here")
+    build_arrays(patched_spec(example.background, second.operations), cache)
+    assert cache.block(sample, len(sample["data"]), "here") is block
+    assert a.shape == build_arrays(example.workspace_spec(second)).shape
+
+
+def poi_bounds_exclude_one():
+    spec = synthetic_workspace()
+    spec["measurements"][0]["config"]["parameters"][2].update(bounds=[[0.0, 0.5]], inits=[0.2])
+    return spec
+
+
+def test_unsupported_model_raises_without_fallback(engine):
+    spec = poi_bounds_exclude_one()
+    with pytest.raises(UnsupportedModel, match="bounds do not contain 0 and 1"):
+        engine.hypotest(spec, "digest", Patch("p", (), []))
+
+
+def test_unsupported_model_falls_back_to_pyhf(caplog):
+    """With fallback (the default) the patch goes to plain pyhf, which rejects it the same way."""
+    spec = poi_bounds_exclude_one()
+    fallback = jax_backend.JaxBackend()
+    with pytest.raises(ValueError, match="outside of its bounds"):
+        fallback.hypotest(spec, "digest", Patch("p", (), []))
+    assert fallback.stats["fallbacks"] == 1
+    assert "computing it with plain pyhf" in caplog.text
+
+
+def test_other_interpolation_codes_are_refused():
+    from faasctl.backends.histfactory import check_settings
+
+    with pytest.raises(UnsupportedModel, match="code1"):
+        check_settings({"normsys": {"interpcode": "code1"}})
+
+
+def test_auto_prefers_jax():
+    assert get_backend("auto").name == "jax"
+
+
+def test_cls_formula_matches_pyhf_calculator():
+    """`cls_from_teststats` is pyhf's asymptotic calculator, branch for branch."""
+    from pyhf.infer.calculators import AsymptoticTestStatDistribution
+
+    pyhf.set_backend("numpy")
+    for qmu, qmu_a in [(0.0, 2.0), (1.3, 4.1), (9.0, 4.0), (25.0, 30.0), (0.5, 0.3)]:
+        sqrtq, sqrtq_a = np.sqrt(qmu), np.sqrt(qmu_a)
+        stat = sqrtq - sqrtq_a if sqrtq <= sqrtq_a else (qmu - qmu_a) / (2 * sqrtq_a)
+        sb, b = AsymptoticTestStatDistribution(-sqrtq_a), AsymptoticTestStatDistribution(0.0)
+        want_obs = sb.pvalue(stat) / b.pvalue(stat)
+        want_exp = [sb.pvalue(b.expected_value(n)) / b.pvalue(b.expected_value(n)) for n in (2, 1, 0, -1, -2)]
+        obs, exp = jax_backend.cls_from_teststats(qmu, qmu_a)
+        assert obs == pytest.approx(float(want_obs), rel=1e-14)
+        assert exp == pytest.approx([float(v) for v in want_exp], rel=1e-14)
+
+
+# --- the real pallets ----------------------------------------------------------------------
+
+#: 1Lbb patches spanning the scan: CLs near 0.05, CLs of 1e-5, and deep in the allowed region.
+SAMPLE_1LBB = ["C1N2_Wh_hbb_250_100", "C1N2_Wh_hbb_175_0", "C1N2_Wh_hbb_200_25", "C1N2_Wh_hbb_1000_0",
+               "C1N2_Wh_hbb_300_150"]
+SAMPLE_STAUS = 3
+
+
+@pytest.mark.pallets
+@pytest.mark.slow
+def test_1lbb_sample_matches_pyhf(pallet_1lbb):
+    pallet = load_pallet(pallet_1lbb)
+    engine = jax_backend.JaxBackend(fallback=False)
+    for name in SAMPLE_1LBB:
+        got = engine.hypotest(pallet.background, pallet.digest, pallet.patches[name])
+        assert_agrees(got, pyhf_hypotest(pallet.workspace_spec(pallet.patches[name])), name)
+
+
+@pytest.mark.pallets
+@pytest.mark.slow
+def test_staus_sample_matches_pyhf():
+    path = SHARED_PALLETS / "staus"
+    require(path.exists(), f"the staus pallet at {path}")
+    pallet = load_pallet(path)
+    engine = jax_backend.JaxBackend(fallback=False)
+    names = list(pallet.patches)
+    for name in names[:: max(1, len(names) // SAMPLE_STAUS)][:SAMPLE_STAUS]:
+        got = engine.hypotest(pallet.background, pallet.digest, pallet.patches[name])
+        assert_agrees(got, pyhf_hypotest(pallet.workspace_spec(pallet.patches[name])), name)
