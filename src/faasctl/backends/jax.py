@@ -245,13 +245,15 @@ def _fit(m: Prepared, data, aux, x0, fixed):
     lower, upper = m.lower, m.upper
     n = x0.shape[0]
     eye = jnp.eye(n, dtype=x0.dtype)
-    f0, g0, h0, gn0 = _derivatives(x0, m, data, aux)
+    zero = jnp.zeros((n, n), x0.dtype)
 
     def cond(s):
         return (s[7] == 0) & (s[6] < MAX_ITERATIONS)
 
     def body(s):
-        x, f, g, h, gn, lam, it, status, _ = s
+        x, f, g, h, gn, lam, it, status, _, fresh = s
+        # derivatives where the last step moved (one copy of them in the compiled loop)
+        f, g, h, gn = lax.cond(fresh, lambda: _derivatives(x, m, data, aux), lambda: (f, g, h, gn))
         free = ~fixed & ~((x <= lower) & (g > 0)) & ~((x >= upper) & (g < 0))
         both = free[:, None] & free[None, :]
         damp = jnp.diag(jnp.where(free, lam * (jnp.abs(jnp.diagonal(h)) + 1.0), 1.0))
@@ -279,19 +281,19 @@ def _fit(m: Prepared, data, aux, x0, fixed):
 
         _, xn, _, ok = lax.while_loop(ls_cond, ls_body, (1.0, x, jnp.where(search, 0, 40), False))
         accept = search & ok
-        x2, f2, g2, h2, gn2 = lax.cond(
-            accept, lambda: (xn, *_derivatives(xn, m, data, aux)), lambda: (x, f, g, h, gn)
-        )
         stuck = search & ~ok
         lam2 = jnp.where(accept, jnp.where(lam * 0.1 < 1e-7, 0.0, lam * 0.1), lam)
         lam2 = jnp.where(~chol_ok | stuck, jnp.maximum(lam * 10.0, 1e-4), lam2)
         converged = done | (stuck & newton & (dec <= ROUNDING_TOLERANCE))
         status2 = jnp.where(converged, 1, jnp.where(lam2 > 1e10, 2, 0))
-        return x2, f2, g2, h2, gn2, lam2, it + 1, status2, jnp.where(newton, dec, jnp.inf)
+        x2 = jnp.where(accept, xn, x)
+        return x2, f, g, h, gn, lam2, it + 1, status2, jnp.where(newton, dec, jnp.inf), accept
 
-    state = (x0, f0, g0, h0, gn0, jnp.asarray(0.0, x0.dtype), 0, 0, jnp.asarray(jnp.inf, x0.dtype))
-    x, f, _, _, _, _, it, status, dec = lax.while_loop(cond, body, state)
-    return FitResult(x, f, status, it, dec)
+    inf = jnp.asarray(jnp.inf, x0.dtype)
+    state = (x0, inf, jnp.zeros_like(x0), zero, zero, jnp.asarray(0.0, x0.dtype), 0, 0, inf, True)
+    x, _, _, _, _, _, it, status, dec, _ = lax.while_loop(cond, body, state)
+    # the NLL at the returned point (the loop's value is from before its last step)
+    return FitResult(x, _nll(x, m, data, aux), status, it, dec)
 
 
 def _asimov(m: Prepared, x, aux):

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from faasctl.cli import options
-from faasctl.cli.sites import SetValues, SiteFile, SiteName, resolve_site
+from faasctl.cli.options import SetValues, SiteFile, SiteName, resolve_site
 
 if TYPE_CHECKING:
     from faasctl.deploy import Action, Deployer

@@ -23,7 +23,10 @@ EXIT_HELP = "Exit status: 0 every patch fitted; 1 some patches failed (recorded 
 @app.command(epilog=EXIT_HELP)
 def fit(
     pallet: options.Pallet,
-    site: Annotated[str, typer.Option(help="Where to fit: 'local' runs the embedded engine on this machine.")] = "local",
+    site: Annotated[str, typer.Option(help="Where to fit: 'local' runs the embedded engine on this machine; a site name needs --direct.")] = "local",
+    direct: Annotated[bool, typer.Option("--direct", help="Submit the site's own worker blocks (Slurm/PBS jobs) from this login node: no Globus Compute cloud.")] = False,
+    site_file: options.SiteFile = None,
+    set_: options.SetValues = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Local worker processes \\[default: number of cores].")] = None,
     backend: options.Backend = options.BackendName.numpy,
     patch: Annotated[Optional[List[str]], typer.Option("--patch", "-p", help="Fit only this patch (repeatable).")] = None,
@@ -47,15 +50,18 @@ def fit(
       faasctl fit ../shared/pallets/1Lbb --patch C1N2_Wh_hbb_1000_0 --workers 2
 
       faasctl fit SUSY-2018-04_likelihoods.tar.gz --region Region-combined --backend jax
+
+      faasctl fit examples/simple --site river --direct
     """
     from faasctl.engine import local_executor
-    from faasctl.exceptions import FaasctlError, SiteConfigError
+    from faasctl.exceptions import SiteConfigError
     from faasctl.pallet import load_pallet
     from faasctl.results import ResultStore
     from faasctl.scan import pallet_record, plan, run_scan
 
-    if site != "local":
-        raise SiteConfigError(f"site {site!r}: only 'local' can fit from this command in this version")
+    if direct == (site == "local" and site_file is None):
+        raise SiteConfigError(f"site {site!r}: use --site NAME --direct for a site's own blocks, or the default 'local' without --direct")
+    site_record = options.resolve_site(site, site_file, set_) if direct else None
 
     with console.status(f"Reading {pallet} …"):
         loaded = load_pallet(pallet, region=region, ignore_digest=ignore_digest)
@@ -66,6 +72,12 @@ def fit(
         console.print(f"Resuming: {len(todo.skipped)} patches already in {store.json_path}, {len(todo.todo)} to fit.")
 
     workers = workers or os.cpu_count() or 1
+    if site_record is not None:
+        from faasctl.deploy.direct import site_executor
+
+        engine, where = site_executor(site_record), f"site {site_record.name} (direct)"
+    else:
+        engine, where = local_executor(workers), f"{workers} local workers"
     start = time.perf_counter()
     if todo.todo:
         with Progress(
@@ -73,12 +85,12 @@ def fit(
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             TextColumn("[red]{task.fields[failed]}"), console=console, transient=False,
         ) as progress:
-            bar = progress.add_task(f"Fitting on {workers} local workers", total=len(todo.todo), rate="", failed="")
+            bar = progress.add_task(f"Fitting on {where}", total=len(todo.todo), rate="", failed="")
             progress.update(bar, description="Starting workers")
             failed = 0
             try:
-                with local_executor(workers) as executor:
-                    progress.update(bar, description=f"Fitting ({backend.value}, {workers} workers)")
+                with engine as executor:
+                    progress.update(bar, description=f"Fitting ({backend.value}, {where})")
                     results = run_scan(loaded, todo.todo, store, executor, backend=backend.value, timeout=timeout)
                     for i, result in enumerate(results, 1):
                         failed += not result.ok
@@ -127,14 +139,16 @@ def _print_table(results: list, labels: list[str], limit: int = 40) -> None:
     for label in labels:
         table.add_column(label, justify="right")
     table.add_column("CLs obs", justify="right")
-    table.add_column("CLs exp (-2σ … +2σ)", justify="right")
+    table.add_column("CLs exp", justify="right")
+    table.add_column("exp ±1σ", justify="right")
     table.add_column("fit s", justify="right")
     for r in sorted(results, key=lambda r: r.values)[:limit]:
         values = [f"{v:g}" for v in r.values[: len(labels)]]
         values += [""] * (len(labels) - len(values))
         if r.ok:
-            exp = " ".join(f"{v:.4g}" for v in r.cls_exp or [])
-            table.add_row(r.patch, *values, f"{r.cls_obs:.4g}", exp, f"{r.fit_time:.2f}")
+            exp = r.cls_exp or [float("nan")] * 5
+            band = f"{min(exp[1], exp[3]):.3g} – {max(exp[1], exp[3]):.3g}"
+            table.add_row(r.patch, *values, f"{r.cls_obs:.3g}", f"{exp[2]:.3g}", band, f"{r.fit_time:.2f}")
         else:
-            table.add_row(r.patch, *values, "[red]failed", r.error or "", "")
+            table.add_row(r.patch, *values, "[red]failed", r.error or "", "", "")
     console.print(table)

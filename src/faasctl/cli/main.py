@@ -17,6 +17,7 @@ from faasctl.cli import check
 from faasctl.cli import deploy
 from faasctl.cli import fit
 from faasctl.cli import images
+from faasctl.cli import pallet
 from faasctl.cli import sites
 from faasctl.exceptions import FaasctlError
 
@@ -68,3 +69,4 @@ app.add_typer(images.app, name="image", help="Build and list the pyhf worker con
 app.add_typer(sites.app, name="sites", help="The site registry: list and show the clusters faasctl can render endpoints for.")
 app.add_typer(sites.render_app)
 app.add_typer(deploy.app)
+app.add_typer(pallet.app, name="pallet", help="Look into pallets: regions, layout, values, digest, model structure, patches that cannot build.")

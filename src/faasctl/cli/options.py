@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from faasctl.sites import SiteRecord
 
 Pallet = Annotated[
     Path,
@@ -49,3 +52,30 @@ Labels = Annotated[
         show_default=False,
     ),
 ]
+
+
+SiteName = Annotated[
+    Optional[str],
+    typer.Option("--site", "-s", help="Site name (see 'faasctl sites list'); may be left out with --site-file.", show_default=False),
+]
+SiteFile = Annotated[
+    Optional[Path],
+    typer.Option("--site-file", help="Read the site record from this YAML file instead of the registry.", show_default=False),
+]
+SetValues = Annotated[
+    Optional[List[str]],
+    typer.Option(
+        "--set",
+        help="Override a site value: dotted.key=VALUE, VALUE read as YAML (repeatable), e.g. provider.max_blocks=8.",
+        show_default=False,
+    ),
+]
+
+
+def resolve_site(site: str | None, site_file: Path | None, overrides: list[str] | None) -> SiteRecord:
+    """The validated site record named by the shared --site / --site-file / --set options."""
+    from faasctl.sites import load_site
+
+    if not site and site_file is None:
+        raise typer.BadParameter("name a site (--site NAME) or a site file (--site-file PATH)", param_hint="--site")
+    return load_site(site or "", site_file=site_file, overrides=overrides or ())

@@ -1,8 +1,7 @@
 """``faasctl sites list|show`` and ``faasctl render``: the site registry and endpoint folders.
 
 Two typer apps: ``app`` becomes the ``sites`` group, ``render_app`` adds ``render`` at the
-top level. The site options are defined once here (``SiteName``, ``SiteFile``, ``SetValues``)
-for every command that takes a site.
+top level. The site options every site command takes live in `faasctl.cli.options`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import typer
 from rich.console import Console
 
 from faasctl.cli import options
+from faasctl.cli.options import SetValues, SiteFile, SiteName, resolve_site
 
 if TYPE_CHECKING:
     from faasctl.sites import SiteRecord
@@ -25,33 +25,6 @@ render_app = typer.Typer()
 console = Console()
 
 EXIT_HELP = "Exit status: 0 done; 2 the site record or the rendered endpoint config is invalid (nothing written)."
-
-SiteName = Annotated[
-    Optional[str],
-    typer.Option("--site", "-s", help="Site name (see 'faasctl sites list'); may be left out with --site-file.", show_default=False),
-]
-SiteFile = Annotated[
-    Optional[Path],
-    typer.Option("--site-file", help="Read the site record from this YAML file instead of the registry.", show_default=False),
-]
-SetValues = Annotated[
-    Optional[List[str]],
-    typer.Option(
-        "--set",
-        help="Override a site value: dotted.key=VALUE, VALUE read as YAML (repeatable), e.g. provider.max_blocks=8.",
-        show_default=False,
-    ),
-]
-
-
-def resolve_site(site: str | None, site_file: Path | None, overrides: list[str] | None) -> SiteRecord:
-    """The validated site record named by the shared --site / --site-file / --set options."""
-    from faasctl.sites import load_site
-
-    if not site and site_file is None:
-        raise typer.BadParameter("name a site (--site NAME) or a site file (--site-file PATH)", param_hint="--site")
-    return load_site(site or "", site_file=site_file, overrides=overrides or ())
-
 
 @app.command("list")
 def list_(json_: options.Json = False) -> None:
