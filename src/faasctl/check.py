@@ -124,10 +124,14 @@ def load_reference(suite: str) -> Reference:
     """
     resource = resources.files("faasctl") / "reference" / f"{suite.lower()}.json"
     try:
-        return Reference.model_validate_json(resource.read_text())
+        reference = Reference.model_validate_json(resource.read_text())
     except (OSError, ValueError) as err:
         raise SiteConfigError(f"faasctl/reference/{suite.lower()}.json: unreadable reference ({err}); "
                               f"regenerate it with {REGENERATE}") from err
+    if reference.schema_ != REFERENCE_SCHEMA:
+        raise SiteConfigError(f"faasctl/reference/{suite.lower()}.json: schema {reference.schema_!r} is not "
+                              f"{REFERENCE_SCHEMA!r}; regenerate it with {REGENERATE}")
+    return reference
 
 
 def synthetic_reference_pallet(reference: Reference) -> Pallet:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import numbers
 import re
 import time
 from collections import Counter
@@ -320,12 +321,15 @@ class _SampleSchema:
         import jsonschema
         import pyhf.schema
 
+        # pyhf's validator counts every numbers.Number as a number (True included): so do we
+        checker = jsonschema.Draft6Validator.TYPE_CHECKER.redefine("number", lambda _, x: isinstance(x, numbers.Number))
+        validator = jsonschema.validators.extend(jsonschema.Draft6Validator, type_checker=checker)
         definitions = pyhf.schema.load_schema("1.0.0/defs.json")["definitions"]
-        self.modifiers = {t: jsonschema.Draft6Validator(d) for t, d in definitions["modifier"].items()}
+        self.modifiers = {t: validator(d) for t, d in definitions["modifier"].items()}
         shell = json.loads(json.dumps(definitions["sample"]))
         del shell["properties"]["modifiers"]["items"]  # checked one by one below
-        self.sample = jsonschema.Draft6Validator(shell)
-        self.dispatch = jsonschema.Draft6Validator(
+        self.sample = validator(shell)
+        self.dispatch = validator(
             {"type": "object", "properties": {"type": {"enum": sorted(self.modifiers)}}, "required": ["type"]}
         )
         text = json.dumps(definitions["modifier"])

@@ -634,7 +634,8 @@ def load_pallet(
         patches, default_labels = _patches_from_files(tree, chosen.patch_files)
     else:
         raise PalletError(
-            f"{tree.describe(chosen.folder)}: no patchset.json and no patch.NAME.json files beside {PurePosixPath(chosen.background).name}"
+            f"{tree.describe(chosen.folder)}: no patchset.json found, and no patch.NAME.json files beside "
+            f"{PurePosixPath(chosen.background).name}"
         )
 
     if given_labels is not None:

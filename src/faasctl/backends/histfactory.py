@@ -267,6 +267,8 @@ class BackgroundCache:
         if hit is not None and hit[0] is obj:
             return hit[1]
         text = repr(obj)
+        if len(self._reprs) > 256:  # objects from patches: keep the memo small
+            self._reprs.clear()
         self._reprs[id(obj)] = (obj, text)
         return text
 

@@ -145,7 +145,7 @@ def _print_report(report: Inspection, list_patches: bool) -> None:
     if report.shared_structure and applied:
         structure = f"[green]one structure[/] shared by all {applied} patches that apply: batched/compiled fits apply"
     elif applied:
-        structure = f"{len(report.structures)} structures among {applied} patches: batched/compiled fits need one per structure"
+        structure = f"{len(report.structures)} different structures among {applied} patches: batched/compiled fits need one per structure"
         if report.varying_modifiers:
             structure += f"\nsignal modifiers in some patches only: {_few(list(report.varying_modifiers))}"
         if report.varying_channels:
