@@ -122,7 +122,7 @@ def always_need_background(task: dict[str, Any]) -> dict[str, Any]:
 
 def test_process_pool():
     pallet = simple_pallet()
-    names = list(pallet.patches)[4:7]
+    names = list(pallet.patches)[4:6]
     # fork (cheap: pyhf is already imported); this runs before the parsl fixture starts threads
     with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as ex:
         client = FitClient(ex)

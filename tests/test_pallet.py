@@ -505,6 +505,7 @@ def test_staus_record_regions(staus_record):
 
 
 @pytest.mark.pallets
+@pytest.mark.slow  # two fits of a 120-parameter model: 15-40 s on two busy cores
 def test_staus_cls_equal_pyhf(staus_record):
     """DS_400_40_Staus in Region-combined: faasctl's fit equals pyhf on the files read independently."""
     with tarfile.open(staus_record) as tar:

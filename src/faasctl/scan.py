@@ -42,7 +42,7 @@ def check_patches(pallet: Pallet, patches: Sequence[Patch]) -> None:
         try:
             apply_patch_shared(pallet.background, patch.operations)
         except (JsonPatchException, JsonPointerException) as err:
-            raise PatchError(f"{pallet.patchset_file}: patch {patch.name!r} does not apply to the background: {err}") from err
+            raise PatchError(f"{patch.source or pallet.patchset_file}: patch {patch.name!r} does not apply to the background: {err}") from err
 
 
 def plan(pallet: Pallet, store: ResultStore, names: Sequence[str] | None = None) -> Plan:

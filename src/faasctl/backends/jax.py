@@ -220,18 +220,21 @@ def _derivatives(theta, m: Prepared, data, aux):
     ``grad = J r`` and ``H = J diag(n / nu^2) J^T + sum_c r_c d2 nu_c`` with
     ``J = d nu / d theta`` and ``r = 1 - n / nu``. Off the diagonal
     ``d_p d_q nu_c = A'_p dG_q + A'_q dG_p + A G T_p T_q`` (``T = g' / g``); the diagonal is
-    computed separately. ``dG_p = g'_p prod_{q != p} g_q`` uses exclusive products, so the
-    gradient stays exact when a factor is zero (a POI at 0). The Gauss-Newton matrix
+    computed separately. ``dG_p = g'_p prod_{q != p} g_q`` is computed so that the gradient
+    stays exact when a factor is zero (a POI at 0). The Gauss-Newton matrix
     (``J diag(n / nu^2) J^T`` plus the constraints) is positive semi-definite: the fit
     steps with it where the exact Hessian is not positive definite.
     """
     (delta, g), (d1, g1), (d2, g2) = _entries_and_derivatives(theta, m)
-    _, ncell = g.shape
     A = m.nom + delta.sum(0)
-    before = jnp.concatenate([jnp.ones((1, ncell), g.dtype), jnp.cumprod(g, axis=0)[:-1]])
-    after = jnp.concatenate([jnp.cumprod(g[::-1], axis=0)[::-1][1:], jnp.ones((1, ncell), g.dtype)])
-    G = before[-1] * g[-1]
-    others = before * after  # prod_{q != p} g_q
+    # prod_{q != p} g_q, exact also where factors are zero (a POI at 0): by the product of
+    # the non-zero factors and the number of zero ones
+    zero = g == 0.0
+    nonzero = jnp.where(zero, 1.0, g)
+    prod_nonzero = nonzero.prod(0)
+    zeros = zero.sum(0)
+    G = jnp.where(zeros > 0, 0.0, prod_nonzero)
+    others = jnp.where(zeros == 0, prod_nonzero / nonzero, jnp.where((zeros == 1) & zero, prod_nonzero, 0.0))
     nu_c = A * G
     nu = m.onehot @ nu_c
     dG = g1 * others
@@ -354,21 +357,20 @@ def _hypotest(nom, bin_index, hs_up, hs_dn, ns_hi, ns_lo, lin, gauss, sigma, poi
     """
     TRACES["hypotest"] += 1
     m = _prepare(nom, bin_index, hs_up, hs_dn, ns_hi, ns_lo, lin, gauss, sigma, pois, tau, lower, upper, data)
-    table = jnp.asarray([[a, f, v] for _, a, f, v in FITS], dtype=nom.dtype)
+    table = jnp.asarray([[i == 0, a, f, v] for i, (_, a, f, v) in enumerate(FITS)], dtype=nom.dtype)
+    start = init.at[poi].set(0.0)
 
     def one(x_mu0, row):
-        use_asimov, poi_fixed, poi_value = row[0] > 0, row[1] > 0, row[2]
+        first, use_asimov, poi_fixed, poi_value = row[0] > 0, row[1] > 0, row[2] > 0, row[3]
         data_a, aux_a = _asimov(m, x_mu0, aux)
         d = jnp.where(use_asimov, data_a, data)
         a = jnp.where(use_asimov, aux_a, aux)
-        x0 = x_mu0.at[poi].set(jnp.where(poi_fixed, poi_value, x_mu0[poi]))
+        x0 = jnp.where(first, start, x_mu0.at[poi].set(jnp.where(poi_fixed, poi_value, x_mu0[poi])))
         result = _fit(m, d, a, x0, fixed.at[poi].set(poi_fixed | fixed[poi]))
-        return x_mu0, result
+        return jnp.where(first, result.x, x_mu0), result
 
-    start = init.at[poi].set(0.0)
-    first = _fit(m, data, aux, start, fixed.at[poi].set(True))
-    _, rest = lax.scan(one, first.x, table[1:])
-    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+    _, results = lax.scan(one, start, table)
+    return results
 
 
 _jit_hypotest = jax.jit(_hypotest)

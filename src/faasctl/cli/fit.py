@@ -34,6 +34,7 @@ def fit(
     force: Annotated[bool, typer.Option("--force", help="Refit patches already in --out instead of resuming.")] = False,
     region: options.Region = None,
     ignore_digest: options.IgnoreDigest = False,
+    labels: options.Labels = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds one patch may take before it is recorded as failed.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw exclusion.png in --out.")] = True,
 ) -> None:
@@ -64,7 +65,7 @@ def fit(
     site_record = options.resolve_site(site, site_file, set_) if direct else None
 
     with console.status(f"Reading {pallet} …"):
-        loaded = load_pallet(pallet, region=region, ignore_digest=ignore_digest)
+        loaded = load_pallet(pallet, region=region, ignore_digest=ignore_digest, labels=labels)
     out = out or Path("results") / (_pallet_stem(pallet) + (f"-{loaded.region}" if loaded.region else ""))
     store = ResultStore(out, pallet_record(loaded), force=force)
     todo = plan(loaded, store, patch)

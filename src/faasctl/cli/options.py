@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 Pallet = Annotated[
     Path,
     typer.Argument(
-        help="A folder with BkgOnly.json + patchset.json (plain or .gz), or the .tar.gz as downloaded from HEPData.",
+        help="A folder, or the .tar.gz/.zip as downloaded from HEPData: BkgOnly.json with patchset.json or one patch.NAME.json per point (plain or .gz), at the top or in region folders.",
         show_default=False,
     ),
 ]

@@ -50,6 +50,8 @@ LABEL_PYHF = "dev.faasctl.pyhf.version"
 BUILD_TIMEOUT = 3600
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
+_RUN_FAILED = re.compile(r"^The command '.*' returned a non-zero code: (\d+)$", re.DOTALL)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the legacy builder colours a step's stderr
 
 
 @dataclass(frozen=True)
@@ -224,20 +226,24 @@ def build_image(
         for chunk in stream:
             if "error" in chunk or "errorDetail" in chunk:
                 detail = chunk.get("errorDetail", {}).get("message") or chunk.get("error", "")
+                detail = _RUN_FAILED.sub(r"exited with status \1", detail.strip())
                 where = f"step {step}/{steps} ({recent_step})" if step else "the build"
-                tail = "\n".join(recent[-15:])
-                raise ImageBuildError(f"{dockerfile}: {where} failed: {detail.strip()}\n{tail}".rstrip())
+                # The step's last output lines: the real cause of a failed RUN (pip's message) is there.
+                tail = "".join(f"\n  {line[:200]}" for line in recent[-5:])
+                raise ImageBuildError(f"{dockerfile}: {where} failed: {detail}{tail}")
             if "aux" in chunk and isinstance(chunk["aux"], dict):
                 image_id = chunk["aux"].get("ID", image_id)
             text = chunk.get("stream") or chunk.get("status") or ""
-            for line in text.splitlines():
+            for line in _ANSI.sub("", text).splitlines():
                 if not line.strip():
                     continue
                 match = _STEP.match(line)
                 if match:
-                    step, steps, recent_step = int(match[1]), int(match[2]), match[3]
-                recent.append(line)
-                del recent[:-50]
+                    step, steps, recent_step = int(match[1]), int(match[2]), match[3][:80]
+                    recent.clear()
+                elif not line.startswith((" ---> ", "Removing intermediate container")):
+                    recent.append(line)
+                    del recent[:-8]
                 emit(BuildLog(line, step, steps))
     except docker.errors.DockerException as err:
         raise ImageBuildError(f"{dockerfile}: building {tag} failed: {_short(err)}") from err
