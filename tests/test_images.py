@@ -215,18 +215,32 @@ def test_selftest_bad_patch_exits_2(capsys):
     assert "no patch named 'grid_300_1'" in capsys.readouterr().err
 
 
-# --- a real build --------------------------------------------------------------------------------
+# --- a real build ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def engine():
+    """A docker client for the engine at DOCKER_HOST (.ci/docker-up.sh starts one)."""
+    try:
+        return docker_client()
+    except ImageBuildError as err:
+        require(False, f"a Docker engine (.ci/docker-up.sh): {err}")
+
+
+@pytest.mark.docker
+def test_failed_step_is_named(engine):
+    # A base image from a registry on a closed loopback port: the pull fails at once, with no traffic out.
+    base = "127.0.0.1:9/faasctl-no-such-base:1"
+    result = runner.invoke(app, ["image", "build", "--base-image", base, "--tag", "faasctl-worker:pytest-fail", "-q"])
+    assert result.exit_code == os.EX_UNAVAILABLE, result.output
+    assert "error: images/cpu/Dockerfile: step 2/" in result.output
+    assert "(FROM ${BASE_IMAGE} AS wheel) failed:" in result.output and "127.0.0.1:9" in result.output
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_cpu_image_builds_and_fits_like_pyhf(tmp_path):
-    try:
-        client = docker_client()
-    except ImageBuildError as err:
-        client = None
-        reason = str(err)
-    require(client is not None, f"a Docker engine (.ci/docker-up.sh){'' if client else ': ' + reason}")
+def test_cpu_image_builds_and_fits_like_pyhf(engine, tmp_path):
+    client = engine
     base = os.environ.get("FAASCTL_BASE_IMAGE")
     require(base is not None, "FAASCTL_BASE_IMAGE, a local base image with Python (.ci/docker-up.sh)")
     tag = "faasctl-worker:pytest-cpu"

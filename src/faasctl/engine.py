@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import logging
 import os
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -34,6 +37,15 @@ def worker_init_exports(extra: dict[str, str] | None = None) -> str:
     return "; ".join(f"export {k}='{v}'" for k, v in env.items())
 
 
+#: parsl's interchange, started with this Python rather than found on PATH (a venv need not be activated).
+INTERCHANGE_CMD = [sys.executable, "-m", "parsl.executors.high_throughput.interchange"]
+
+
+def this_python_first_on_path() -> str:
+    """A worker_init line that makes worker pools run this Python installation's parsl."""
+    return f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\""
+
+
 class ParslExecutor(cf.Executor):
     """A parsl DataFlowKernel seen as a `concurrent.futures.Executor`.
 
@@ -48,6 +60,8 @@ class ParslExecutor(cf.Executor):
         self.label = config.executors[0].label
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        if not hasattr(fn, "__name__"):  # parsl names tasks after their function (partials have none)
+            fn = functools.update_wrapper(functools.partial(fn), getattr(fn, "func", fn))
         return self.dfk.submit(
             fn, app_args=args, executors=[self.label], cache=False, ignore_for_cache=None, app_kwargs=kwargs
         )
@@ -91,9 +105,10 @@ def local_executor(
             max_workers_per_node=workers,
             heartbeat_period=2,
             heartbeat_threshold=10,
+            interchange_launch_cmd=INTERCHANGE_CMD,
             provider=LocalProvider(
                 init_blocks=1, min_blocks=1, max_blocks=1,
-                worker_init="; ".join(filter(None, [worker_init_exports(), worker_init])),
+                worker_init="; ".join(filter(None, [this_python_first_on_path(), worker_init_exports(), worker_init])),
             ),
         )
         config = Config(

@@ -23,12 +23,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import shlex
-import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from faasctl.engine import ParslExecutor, worker_init_exports
+from faasctl.engine import INTERCHANGE_CMD, ParslExecutor, this_python_first_on_path, worker_init_exports
 from faasctl.exceptions import DeployError
 
 __all__ = ["site_executor", "site_config", "default_run_dir"]
@@ -81,7 +79,7 @@ def site_config(
         raise DeployError(f"site {site.name!r}: its engine has no provider")
 
     # The interchange runs here, with this Python (not via a command on PATH).
-    htex.interchange_launch_cmd = [sys.executable, "-m", "parsl.executors.high_throughput.interchange"]
+    htex.interchange_launch_cmd = INTERCHANGE_CMD
     if engine.container_type:
         # As the endpoint does at start-up: the worker pool runs inside the site's image.
         engine.run_dir = str(run_dir)
@@ -93,7 +91,7 @@ def site_config(
     # Without a container the workers must run this Python installation (the interchange
     # and the worker pools must have the same parsl): put it first on PATH; the site's own
     # worker_init comes after and may still choose another environment.
-    here = "" if engine.container_type else f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\""
+    here = "" if engine.container_type else this_python_first_on_path()
     provider.worker_init = _join_init(here, site_init, worker_init)
     # parsl asks the scheduler (squeue/qstat) for block states only this often (Slurm: 60 s):
     # a cancelled block is only seen, and replaced, at the next poll.
