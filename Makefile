@@ -20,10 +20,10 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/faasctl fit $(PALLET) $(ARGS)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/faasctl fit $(PALLET) $(ARGS)
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest $(ARGS)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest $(ARGS)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -63,6 +63,7 @@ def exclusion_plot(results: Sequence[PatchResult], labels: Sequence[str], path: 
         ],
         loc="upper left", frameon=False,
     )
+    ax.margins(0.04)
     ax.set_xlabel(labels[0] if len(labels) > 0 else "value 0")
     ax.set_ylabel(labels[1] if len(labels) > 1 else "value 1")
     ax.set_title(title or f"{len(ok)} points")

@@ -77,7 +77,8 @@ def build(
         f"base {escape(image.base)}) in {time.perf_counter() - start:.0f} s" + (" and pushed it" if push else ""),
         highlight=False,
     )
-    console.print(f"Self test: docker run --rm {escape(name)}", highlight=False)
+    gpus = " --gpus all" if flavor is Flavor.cuda else ""
+    console.print(f"Self test: docker run --rm{gpus} {escape(name)}", highlight=False)
 
 
 @app.command("list")
@@ -89,14 +90,15 @@ def list_(as_json: options.Json = False) -> None:
     if as_json:
         typer.echo(json.dumps([image.to_dict() for image in images], indent=1))
         return
+    from rich import box
     from rich.table import Table
 
-    table = Table()
-    for column in ("image", "flavor", "faasctl", "pyhf", "base", "size", "created"):
-        table.add_column(column, justify="right" if column == "size" else "left")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption="faasctl image list --json adds ids, base images and users")
+    for column in ("image", "flavor", "faasctl", "pyhf", "size", "created"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "size" else "left")
     for image in images:
-        table.add_row(", ".join(image.tags) or image.id[:19], image.flavor, image.version, image.pyhf, image.base,
-                      f"{image.size / 1e6:.0f} MB", image.created[:19])
+        created = image.created[:16].replace("T", " ")
+        table.add_row("\n".join(image.tags), image.flavor, image.version, image.pyhf, f"{image.size / 1e6:.0f} MB", created)
     console.print(table)
     if not images:
         console.print("No worker images yet: faasctl image build --flavor cpu", highlight=False)

@@ -259,9 +259,9 @@ def build_image(
 
 
 def list_images(client: docker.DockerClient | None = None) -> list[WorkerImage]:
-    """The faasctl worker images the engine has (those with the ``dev.faasctl.flavor`` label), newest first."""
+    """The tagged faasctl worker images the engine has (with the ``dev.faasctl.flavor`` label), newest first."""
     client = client or docker_client()
-    images = client.images.list(filters={"label": LABEL_FLAVOR})
+    images = client.images.list(filters={"label": LABEL_FLAVOR, "dangling": False})
     found = [WorkerImage.from_attrs(image.attrs) for image in images]
     return sorted(found, key=lambda image: image.created, reverse=True)
 
