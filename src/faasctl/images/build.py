@@ -79,6 +79,7 @@ class WorkerImage:
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> WorkerImage:
+        """From the engine's image inspection (``docker.models.images.Image.attrs``)."""
         config = attrs.get("Config") or {}
         labels = config.get("Labels") or {}
         return cls(
@@ -94,6 +95,7 @@ class WorkerImage:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields (``faasctl image list --json``)."""
         return asdict(self)
 
 
