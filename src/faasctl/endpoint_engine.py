@@ -176,29 +176,19 @@ def local_engine(
             is not on PATH.
     """
     from globus_compute_endpoint.engines import GlobusComputeEngine
-    from parsl.providers import LocalProvider
 
-    from faasctl.engine import worker_init_exports
+    from faasctl.engine import loopback_options, quiet_parsl
 
     if shutil.which("globus-compute-endpoint") is None:
         raise ScanError("globus-compute-endpoint is not on PATH: activate the environment faasctl is installed in")
-    for name in ("parsl", "globus_compute_endpoint"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_parsl()
     with contextlib.ExitStack() as stack:
         if run_dir is None:
             run_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="faasctl-gce-"))
         engine = GlobusComputeEngine(
             label="faasctl-local-gce",
-            address="127.0.0.1",
-            loopback_address="127.0.0.1",
-            max_workers_per_node=workers,
-            heartbeat_period=2,
-            heartbeat_threshold=10,
             encrypted=encrypted,
-            provider=LocalProvider(
-                init_blocks=1, min_blocks=1, max_blocks=1,
-                worker_init="; ".join(filter(None, [worker_init_exports(), worker_init])),
-            ),
+            **loopback_options(workers, worker_init),
             job_status_kwargs={"max_idletime": 3600.0, "strategy_period": 1.0},
         )
         engine.start(endpoint_id=endpoint_id or uuid.uuid4(), run_dir=str(run_dir))

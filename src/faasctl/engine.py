@@ -70,7 +70,26 @@ class ParslExecutor(cf.Executor):
         self.dfk.cleanup()
 
 
-def _quiet_parsl() -> None:
+def loopback_options(workers: int, worker_init: str = "") -> dict[str, Any]:
+    """HighThroughputExecutor options for one block of ``workers`` local processes on loopback.
+
+    Shared by the embedded engine and the local ``GlobusComputeEngine`` (which passes them on
+    to its HTEX), so both run workers the same way.
+    """
+    from parsl.providers import LocalProvider
+
+    init = "; ".join(filter(None, [this_python_first_on_path(), worker_init_exports(), worker_init]))
+    return {
+        "address": "127.0.0.1",
+        "loopback_address": "127.0.0.1",
+        "max_workers_per_node": workers,
+        "heartbeat_period": 2,
+        "heartbeat_threshold": 10,
+        "provider": LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=init),
+    }
+
+
+def quiet_parsl() -> None:
     # parsl logs every task at INFO; keep the terminal for the progress bar.
     for name in ("parsl", "globus_compute_endpoint"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -91,25 +110,14 @@ def local_executor(
     """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
-    from parsl.providers import LocalProvider
 
-    _quiet_parsl()
+    quiet_parsl()
     workers = workers or os.cpu_count() or 1
     with contextlib.ExitStack() as stack:
         if run_dir is None:
             run_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="faasctl-parsl-"))
         htex = HighThroughputExecutor(
-            label="faasctl-local",
-            address="127.0.0.1",
-            loopback_address="127.0.0.1",
-            max_workers_per_node=workers,
-            heartbeat_period=2,
-            heartbeat_threshold=10,
-            interchange_launch_cmd=INTERCHANGE_CMD,
-            provider=LocalProvider(
-                init_blocks=1, min_blocks=1, max_blocks=1,
-                worker_init="; ".join(filter(None, [this_python_first_on_path(), worker_init_exports(), worker_init])),
-            ),
+            label="faasctl-local", interchange_launch_cmd=INTERCHANGE_CMD, **loopback_options(workers, worker_init)
         )
         config = Config(
             executors=[htex], run_dir=str(run_dir), retries=retries, strategy="none",

@@ -6,7 +6,9 @@
     faasctl's compiled engine (`faasctl.backends.jax`): the likelihood is compiled once per
     model structure, with the patch's signal as array inputs, and fitted by Newton's method.
 ``auto``
-    ``jax`` when JAX is installed and supports the model, else ``numpy``.
+    ``jax`` when JAX is installed (and imports), else ``numpy``. The jax backend itself
+    hands the patches it cannot fit exactly (unsupported model, fit not converged) to
+    plain pyhf, so ``auto`` never gives a different answer than ``numpy`` would.
 
 Backends are imported lazily, so a worker without JAX can still run ``numpy``.
 """
@@ -14,6 +16,8 @@ Backends are imported lazily, so a worker without JAX can still run ``numpy``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import logging
 from typing import TYPE_CHECKING
 
 from faasctl.exceptions import MissingExtra
@@ -27,6 +31,8 @@ BACKENDS = ("numpy", "jax", "auto")
 
 _cache: dict[str, Backend] = {}
 
+log = logging.getLogger(__name__)
+
 
 def get_backend(name: str) -> Backend:
     """The backend called ``name`` (one instance per process, so its caches persist)."""
@@ -34,6 +40,9 @@ def get_backend(name: str) -> Backend:
         try:
             return get_backend("jax")
         except MissingExtra:
+            return get_backend("numpy")
+        except ImportError as err:  # JAX present but broken (e.g. a jaxlib that does not match)
+            log.warning("the jax backend does not import (%s); using numpy", err)
             return get_backend("numpy")
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -41,7 +41,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -351,9 +351,11 @@ def _hypotest(nom, bin_index, hs_up, hs_dn, ns_hi, ns_lo, lin, gauss, sigma, poi
               init, fixed, poi):
     """All five fits of one patch in one compiled call (a ``lax.scan``: one copy of the fit).
 
-    pyhf starts every fit at the suggested init; the minima do not depend on the start, so
-    the fits after the first start from the background-only fit, which is close to all of
-    them (and is the exact minimum of the free fit to Asimov data).
+    pyhf starts every fit at the suggested init. Here the fits after the first start from
+    the background-only fit, which is closer to their minima (and is the exact minimum of
+    the free fit to Asimov data). Where a likelihood has several local minima, which one a
+    local optimiser finds depends on its start and path, for pyhf's SLSQP too; see
+    docs/performance.md for the one case in the 1Lbb scan.
     """
     TRACES["hypotest"] += 1
     m = _prepare(nom, bin_index, hs_up, hs_dn, ns_hi, ns_lo, lin, gauss, sigma, pois, tau, lower, upper, data)
@@ -524,6 +526,3 @@ class JaxBackend(Backend):
 def backend() -> JaxBackend:
     return JaxBackend()
 
-
-def _unused(*_: Callable[..., Any]) -> None:  # pragma: no cover - keeps helpers importable for tests
-    return None
