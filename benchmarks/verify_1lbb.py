@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PALLET = ROOT.parent / "shared" / "pallets" / "1Lbb"
 DEFAULT_CACHE = Path("/tmp/faasctl-reference-1Lbb.json")
 RTOL, ATOL = 1e-3, 1e-5
+LABELS = ("CLs_obs", "CLs_exp-2", "CLs_exp-1", "CLs_exp", "CLs_exp+1", "CLs_exp+2")
 
 
 def _load_cache(path: Path, digest: str) -> dict[str, list[float]]:
@@ -78,19 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     first = None
     worst_abs = worst_rel = 0.0
     failures = []
+    deviations = []  # (abs, rel, name, which)
     for i, name in enumerate(names):
         t0 = time.perf_counter()
         cls_obs, cls_exp = backend.hypotest(pallet.background, pallet.digest, pallet.patches[name])
         if first is None:
             first = time.perf_counter() - t0
         got, want = [cls_obs, *cls_exp], ref[name]
-        for g, w in zip(got, want):
+        bad = False
+        for which, g, w in zip(LABELS, got, want):
             d = abs(g - w)
             r = d / abs(w) if w else float("inf") if d else 0.0
             worst_abs, worst_rel = max(worst_abs, d), max(worst_rel, min(r, 1e300))
-            if not (d <= ATOL or r <= RTOL):
-                failures.append((name, got, want))
-                break
+            deviations.append((d, r, name, which, w))
+            bad = bad or not (d <= ATOL or r <= RTOL)
+        if bad:
+            failures.append((name, got, want))
     total = time.perf_counter() - start
     per_patch = (total - first) / max(1, len(names) - 1)
     print(f"pallet {args.pallet} ({len(names)} patches), reference cache {cache}")
@@ -99,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     stats = getattr(backend, "stats", None)
     if stats is not None:
         print(f"backend stats: {stats}")
+    print("largest deviations (CLs value: |jax - pyhf|, relative):")
+    for d, r, name, which, w in sorted(deviations, reverse=True)[:5]:
+        print(f"  {name} {which}: {w:.4g}: {d:.2g}, {r:.2g}")
+    print("largest relative deviations:")
+    for d, r, name, which, w in sorted(deviations, key=lambda t: t[1], reverse=True)[:3]:
+        print(f"  {name} {which}: {w:.4g}: {d:.2g}, {r:.2g}")
     for name, got, want in failures:
         print(f"DISAGREE {name}: jax {got} reference {want}")
     print("OK: every patch agrees" if not failures else f"FAILED: {len(failures)} patches disagree")

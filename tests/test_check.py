@@ -288,11 +288,10 @@ def test_check_usage_errors(args, message):
     assert message in result.output
 
 
-def test_check_site_without_direct_mode(monkeypatch):
-    monkeypatch.setitem(sys.modules, "faasctl.deploy.direct", None)
-    result = runner.invoke(app, ["check", "--site", "perlmutter"])
+def test_check_unknown_site():
+    result = runner.invoke(app, ["check", "--site", "nowhere"])
     assert result.exit_code == 2
-    assert "site 'perlmutter': direct mode (faasctl.deploy.direct) is not available" in result.stderr
+    assert "unknown site 'nowhere'" in result.stderr
 
 
 def test_table_on_a_terminal(monkeypatch):

@@ -435,7 +435,7 @@ def open_executor(*, endpoint: str | None = None, site: str = "local", workers: 
         workers: local worker processes.
 
     Raises:
-        SiteConfigError: an unknown site, or direct mode is not available in this install.
+        SiteConfigError: an unknown site.
     """
     with contextlib.ExitStack() as stack:
         if endpoint is not None:
@@ -445,17 +445,10 @@ def open_executor(*, endpoint: str | None = None, site: str = "local", workers: 
 
             made = local_executor(workers)
         else:
-            try:
-                from faasctl.deploy import direct
-                from faasctl.sites import load_site
-            except ModuleNotFoundError as err:
-                if err.name not in ("faasctl.deploy", "faasctl.deploy.direct", "faasctl.sites"):
-                    raise
-                raise SiteConfigError(
-                    f"site {site!r}: direct mode (faasctl.deploy.direct) is not available in this install; "
-                    "check an endpoint with --endpoint UUID, or this machine with --site local"
-                ) from err
-            made = direct.site_executor(load_site(site))
+            from faasctl.deploy.direct import site_executor
+            from faasctl.sites import load_site
+
+            made = site_executor(load_site(site))
         if isinstance(made, cf.Executor):
             # do not wait for tasks that hang: that is what the check reports
             stack.callback(made.shutdown, wait=False, cancel_futures=True)

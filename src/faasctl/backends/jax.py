@@ -75,7 +75,10 @@ TOLERANCE = 1e-10
 #: A fit whose line search can no longer improve the NLL counts as converged when its
 #: Newton decrement is below this (the float64 rounding floor of the NLL).
 ROUNDING_TOLERANCE = 1e-7
-MAX_ITERATIONS = 200
+MAX_ITERATIONS = 300
+#: The largest change of any parameter in a fit's first step (alphas are in units of
+#: their constraint width, normalisations are O(1)): it sets the initial damping.
+FIRST_STEP = 0.3
 
 
 class FitNotConverged(FaasctlError):
@@ -213,7 +216,7 @@ def _expected(theta, m: Prepared):
 
 
 def _derivatives(theta, m: Prepared, data, aux):
-    """NLL, its gradient, its exact Hessian and a Gauss-Newton Hessian at ``theta``.
+    """NLL, its gradient and its exact Hessian at ``theta``.
 
     With cell counts ``nu_c = A_c G_c`` (``A = nom + sum_p delta_p``, ``G = prod_p g_p``),
     bin counts ``nu_b = sum_c nu_c`` and ``L = sum_b nu_b - n_b log nu_b``:
@@ -221,9 +224,7 @@ def _derivatives(theta, m: Prepared, data, aux):
     ``J = d nu / d theta`` and ``r = 1 - n / nu``. Off the diagonal
     ``d_p d_q nu_c = A'_p dG_q + A'_q dG_p + A G T_p T_q`` (``T = g' / g``); the diagonal is
     computed separately. ``dG_p = g'_p prod_{q != p} g_q`` is computed so that the gradient
-    stays exact when a factor is zero (a POI at 0). The Gauss-Newton matrix
-    (``J diag(n / nu^2) J^T`` plus the constraints) is positive semi-definite: the fit
-    steps with it where the exact Hessian is not positive definite.
+    stays exact when a factor is zero (a POI at 0).
     """
     (delta, g), (d1, g1), (d2, g2) = _entries_and_derivatives(theta, m)
     A = m.nom + delta.sum(0)
@@ -252,10 +253,8 @@ def _derivatives(theta, m: Prepared, data, aux):
     # constraints (each on its own parameter)
     safe = jnp.where(m.pois & (theta != 0.0), theta, 1.0)
     grad = J @ r + jnp.where(m.gauss, (theta - aux) / m.sigma**2, 0.0) + jnp.where(m.pois, m.tau - aux / safe, 0.0)
-    gauss_newton = (J * w) @ J.T + jnp.diag(
-        jnp.where(m.gauss, 1.0 / m.sigma**2, 0.0) + jnp.where(m.pois, aux / safe**2, 0.0)
-    )
-    return value, grad, gauss_newton + second, gauss_newton
+    constraints = jnp.where(m.gauss, 1.0 / m.sigma**2, 0.0) + jnp.where(m.pois, aux / safe**2, 0.0)
+    return value, grad, (J * w) @ J.T + second + jnp.diag(constraints)
 
 
 class FitResult(NamedTuple):
@@ -269,13 +268,22 @@ class FitResult(NamedTuple):
 def _fit(m: Prepared, data, aux, x0, fixed):
     """Minimise the NLL in the box [lower, upper] with ``fixed`` parameters held at ``x0``.
 
-    A projected Newton method: parameters at a bound whose gradient pushes outwards are held
-    for the step; the step solves the Newton system on the others by Cholesky, with the
-    Gauss-Newton matrix where the exact Hessian is not positive definite (far from the
-    minimum), and Levenberg-Marquardt damping if neither works or a step fails. Each step
-    is backtracked along the projected path until the NLL decreases enough (Armijo).
-    Converged when the Newton decrement ``g^T H^-1 g`` with the exact Hessian (about twice
-    the distance to the minimum, in NLL) is below `TOLERANCE`.
+    Levenberg-Marquardt on the exact Hessian, with the damping ``lam * I``: a step solves
+    ``(H + lam I) d = -g`` by Cholesky on the free parameters (parameters at a bound whose
+    gradient pushes outwards are held) and is projected into the box. The damping starts
+    large (a first step of `FIRST_STEP` along the gradient), shrinks while the quadratic
+    model predicts the decrease well and grows when it does not; it ends at zero, so the
+    fit finishes with full Newton steps (quadratic convergence).
+
+    Why not plain Newton: where a likelihood has several local minima, the one found
+    depends on the path. With a large damping the steps follow the steepest-descent path
+    from the start (``(H + I/h) d = -g`` is an implicit Euler step of the gradient flow),
+    the same valley a quasi-Newton method started with an identity Hessian, as pyhf's
+    SLSQP is, descends into. Newton steps from the start can jump into another valley.
+
+    Converged when the Newton decrement ``g^T H^-1 g`` (about twice the distance to the
+    minimum, in NLL) is below `TOLERANCE` with the undamped Hessian (a damping below 1e-6,
+    which only matters where the Hessian is singular, counts as undamped).
     """
     lower, upper = m.lower, m.upper
     n = x0.shape[0]
@@ -283,50 +291,42 @@ def _fit(m: Prepared, data, aux, x0, fixed):
     zero = jnp.zeros((n, n), x0.dtype)
 
     def cond(s):
-        return (s[7] == 0) & (s[6] < MAX_ITERATIONS)
+        return (s[6] == 0) & (s[5] < MAX_ITERATIONS)
 
     def body(s):
-        x, f, g, h, gn, lam, it, status, _, fresh = s
+        x, f, g, h, lam, it, status, _, fresh = s
         # derivatives where the last step moved (one copy of them in the compiled loop)
-        f, g, h, gn = lax.cond(fresh, lambda: _derivatives(x, m, data, aux), lambda: (f, g, h, gn))
+        f, g, h = lax.cond(fresh, lambda: _derivatives(x, m, data, aux), lambda: (f, g, h))
         free = ~fixed & ~((x <= lower) & (g > 0)) & ~((x >= upper) & (g < 0))
-        both = free[:, None] & free[None, :]
-        damp = jnp.diag(jnp.where(free, lam * (jnp.abs(jnp.diagonal(h)) + 1.0), 1.0))
-        chol = jnp.linalg.cholesky(jnp.where(both, h, 0.0) + damp)
-        newton = jnp.all(jnp.isfinite(chol))
-        chol = lax.cond(newton, lambda: chol, lambda: jnp.linalg.cholesky(jnp.where(both, gn, 0.0) + damp))
-        chol_ok = jnp.all(jnp.isfinite(chol))
         gf = jnp.where(free, g, 0.0)
-        step = -cho_solve((jnp.where(chol_ok, chol, eye), True), gf)
+        lam = jnp.where(lam < 0.0, jnp.max(jnp.abs(gf)) / FIRST_STEP, lam)  # first iteration
+        both = free[:, None] & free[None, :]
+        chol = jnp.linalg.cholesky(jnp.where(both, h, 0.0) + jnp.diag(jnp.where(free, lam, 1.0)))
+        ok = jnp.all(jnp.isfinite(chol))
+        step = -cho_solve((jnp.where(ok, chol, eye), True), gf)
         dec = -(gf @ step)
-        # (a damping this small only matters where the Hessian is singular: flat directions)
-        done = newton & (lam <= 1e-6) & (dec <= TOLERANCE)
-        search = chol_ok & ~done
-
-        def ls_cond(ls):
-            return ~ls[3] & (ls[2] < 40)
-
-        def ls_body(ls):
-            t, _, k, _ = ls
-            t = jnp.where(k == 0, 1.0, 0.5 * t)
-            xn = jnp.where(free, jnp.clip(x + t * step, lower, upper), x)
-            fn = _nll(xn, m, data, aux)
-            ok = jnp.isfinite(fn) & (fn <= f + 1e-4 * (g @ (xn - x)))
-            return t, xn, k + 1, ok
-
-        _, xn, _, ok = lax.while_loop(ls_cond, ls_body, (1.0, x, jnp.where(search, 0, 40), False))
-        accept = search & ok
-        stuck = search & ~ok
-        lam2 = jnp.where(accept, jnp.where(lam * 0.1 < 1e-7, 0.0, lam * 0.1), lam)
-        lam2 = jnp.where(~chol_ok | stuck, jnp.maximum(lam * 10.0, 1e-4), lam2)
-        converged = done | (stuck & newton & (dec <= ROUNDING_TOLERANCE))
-        status2 = jnp.where(converged, 1, jnp.where(lam2 > 1e10, 2, 0))
+        done = ok & (lam <= 1e-6) & (dec <= TOLERANCE)
+        search = ok & ~done
+        xn = jnp.where(free, jnp.clip(x + step, lower, upper), x)
+        fn = lax.cond(search, lambda: _nll(xn, m, data, aux), lambda: jnp.asarray(jnp.inf, x0.dtype))
+        moved = xn - x
+        predicted = -(g @ moved + 0.5 * moved @ (h @ moved))
+        rho = (f - fn) / jnp.where(predicted > 0, predicted, 1.0)
+        tiny = predicted < 1e-10  # below the rounding noise of the NLL: rho means nothing
+        accept = search & jnp.isfinite(fn) & (((predicted > 0) & (rho > 0.25)) | (tiny & (fn <= f + 1e-10)))
+        good = accept & (rho > 0.75) | accept & tiny
+        # shrink faster where the model is very good (far from a valley's edge)
+        lam2 = jnp.where(good, jnp.where((rho > 0.95) | tiny, lam / 10.0, lam / 3.0), lam)
+        lam2 = jnp.where(lam2 < 1e-7, 0.0, lam2)
+        lam2 = jnp.where(~ok | (search & ~accept), jnp.maximum(4.0 * lam, 1e-6), lam2)
+        stalled = search & ~accept & tiny & (lam <= 1e-6) & (dec <= ROUNDING_TOLERANCE)
+        status2 = jnp.where(done | stalled, 1, jnp.where(lam2 > 1e12, 2, 0))
         x2 = jnp.where(accept, xn, x)
-        return x2, f, g, h, gn, lam2, it + 1, status2, jnp.where(newton, dec, jnp.inf), accept
+        return x2, f, g, h, lam2, it + 1, status2, jnp.where(ok, dec, jnp.inf), accept
 
     inf = jnp.asarray(jnp.inf, x0.dtype)
-    state = (x0, inf, jnp.zeros_like(x0), zero, zero, jnp.asarray(0.0, x0.dtype), 0, 0, inf, True)
-    x, _, _, _, _, _, it, status, dec, _ = lax.while_loop(cond, body, state)
+    state = (x0, inf, jnp.zeros_like(x0), zero, jnp.asarray(-1.0, x0.dtype), 0, 0, inf, True)
+    x, _, _, _, _, it, status, dec, _ = lax.while_loop(cond, body, state)
     # the NLL at the returned point (the loop's value is from before its last step)
     return FitResult(x, _nll(x, m, data, aux), status, it, dec)
 
@@ -337,9 +337,9 @@ def _asimov(m: Prepared, x, aux):
     return _expected(x, m), aux_a
 
 
-#: The five fits of pyhf's qtilde asymptotic test, in order: (data is Asimov, POI fixed, POI value)
+#: The fits of pyhf's qtilde asymptotic test: (name, on Asimov data, POI fixed, POI value).
 FITS = (
-    ("asimov_mu0", False, True, 0.0),  # background-only fit to data: generates the Asimov data
+    ("asimov_mu0", False, True, 0.0),  # background-only fit to data: makes the Asimov data
     ("data_mu1", False, True, 1.0),
     ("data_free", False, False, 0.0),
     ("asimov_data_mu1", True, True, 1.0),
@@ -351,27 +351,23 @@ def _hypotest(nom, bin_index, hs_up, hs_dn, ns_hi, ns_lo, lin, gauss, sigma, poi
               init, fixed, poi):
     """All five fits of one patch in one compiled call (a ``lax.scan``: one copy of the fit).
 
-    pyhf starts every fit at the suggested init. Here the fits after the first start from
-    the background-only fit, which is closer to their minima (and is the exact minimum of
-    the free fit to Asimov data). Where a likelihood has several local minima, which one a
-    local optimiser finds depends on its start and path, for pyhf's SLSQP too; see
-    docs/performance.md for the one case in the 1Lbb scan.
+    Each fit starts at pyhf's suggested init, as pyhf's do; the Asimov data come from the
+    first (the background-only fit to the observed data).
     """
     TRACES["hypotest"] += 1
     m = _prepare(nom, bin_index, hs_up, hs_dn, ns_hi, ns_lo, lin, gauss, sigma, pois, tau, lower, upper, data)
     table = jnp.asarray([[i == 0, a, f, v] for i, (_, a, f, v) in enumerate(FITS)], dtype=nom.dtype)
-    start = init.at[poi].set(0.0)
 
     def one(x_mu0, row):
         first, use_asimov, poi_fixed, poi_value = row[0] > 0, row[1] > 0, row[2] > 0, row[3]
         data_a, aux_a = _asimov(m, x_mu0, aux)
         d = jnp.where(use_asimov, data_a, data)
         a = jnp.where(use_asimov, aux_a, aux)
-        x0 = jnp.where(first, start, x_mu0.at[poi].set(jnp.where(poi_fixed, poi_value, x_mu0[poi])))
+        x0 = init.at[poi].set(jnp.where(poi_fixed, poi_value, init[poi]))
         result = _fit(m, d, a, x0, fixed.at[poi].set(poi_fixed | fixed[poi]))
         return jnp.where(first, result.x, x_mu0), result
 
-    _, results = lax.scan(one, start, table)
+    _, results = lax.scan(one, init.at[poi].set(0.0), table)
     return results
 
 
@@ -485,16 +481,17 @@ class JaxBackend(Backend):
                                     a.pois, a.tau, a.lower, a.upper, a.data, a.aux, a.init, a.fixed, a.poi)
             stacked = FitResult(*(np.asarray(v) for v in stacked))
         poi = a.poi
-        fits = {name: FitResult(*(v[i] for v in stacked)) for i, (name, *_) in enumerate(FITS)}
-        self.stats["fits"] += len(fits)
-        self.stats["iterations"] += sum(int(f.iterations) for f in fits.values())
-        bad = {k: int(f.status) for k, f in fits.items() if int(f.status) != 1}
+        runs = [(name, FitResult(*(v[i] for v in stacked))) for i, (name, *_) in enumerate(FITS)]
+        self.stats["fits"] += len(runs)
+        self.stats["iterations"] += sum(int(f.iterations) for _, f in runs)
+        bad = [(k, f) for k, f in runs if int(f.status) != 1]
         if bad:
             raise FitNotConverged(
                 "Newton fit did not converge: "
-                + ", ".join(f"{k} (status {s}, decrement {float(fits[k].decrement):.3g}, "
-                            f"{int(fits[k].iterations)} iterations)" for k, s in bad.items())
+                + ", ".join(f"{k} (status {int(f.status)}, decrement {float(f.decrement):.3g}, "
+                            f"{int(f.iterations)} iterations)" for k, f in bad)
             )
+        fits = dict(runs)
 
         def qtilde(fixed: FitResult, free: FitResult) -> float:
             # pyhf: 2 * (nll(mu) - nll(muhat)), clipped at 0, and 0 when muhat > mu
