@@ -261,10 +261,13 @@ def test_cls_formula_matches_pyhf_calculator():
 
 # --- the real pallets ----------------------------------------------------------------------
 
-#: 1Lbb patches spanning the scan: CLs near 0.05, CLs of 1e-5, and deep in the allowed region.
-SAMPLE_1LBB = ["C1N2_Wh_hbb_250_100", "C1N2_Wh_hbb_175_0", "C1N2_Wh_hbb_200_25", "C1N2_Wh_hbb_1000_0",
-               "C1N2_Wh_hbb_300_150"]
-SAMPLE_STAUS = 3
+#: 1Lbb patches spanning the scan: CLs near 0.05, CLs of 1e-5, deep in the allowed region,
+#: and two whose fit with the POI at 1 has two local minima (pyhf's is the higher one for
+#: 600_100 and the lower one for 550_0; see docs/performance.md).
+SAMPLE_1LBB = ["C1N2_Wh_hbb_250_100", "C1N2_Wh_hbb_175_0", "C1N2_Wh_hbb_1000_0", "C1N2_Wh_hbb_600_100",
+               "C1N2_Wh_hbb_550_0"]
+#: staus patches: two spread over the grid and one with two local minima in an Asimov fit.
+SAMPLE_STAUS = ["DS_100_1_Staus", "DS_320_120_Staus", "DS_160_1_Staus"]
 
 
 @pytest.mark.pallets
@@ -284,7 +287,6 @@ def test_staus_sample_matches_pyhf():
     require(path.exists(), f"the staus pallet at {path}")
     pallet = load_pallet(path)
     engine = jax_backend.JaxBackend(fallback=False)
-    names = list(pallet.patches)
-    for name in names[:: max(1, len(names) // SAMPLE_STAUS)][:SAMPLE_STAUS]:
+    for name in SAMPLE_STAUS:
         got = engine.hypotest(pallet.background, pallet.digest, pallet.patches[name])
         assert_agrees(got, pyhf_hypotest(pallet.workspace_spec(pallet.patches[name])), name)

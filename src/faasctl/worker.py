@@ -45,7 +45,8 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
 
     digest = task["digest"]
     if task.get("background") is not None:
-        _BACKGROUNDS[digest] = task["background"]
+        # keep the first copy: backends cache work per background object/digest
+        _BACKGROUNDS.setdefault(digest, task["background"])
     patch_info = task["patch"]
     record: dict[str, Any] = {
         "patch": patch_info["name"],

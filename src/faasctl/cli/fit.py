@@ -28,7 +28,7 @@ def fit(
     site_file: options.SiteFile = None,
     set_: options.SetValues = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Local worker processes \\[default: number of cores].")] = None,
-    backend: options.Backend = options.BackendName.numpy,
+    backend: options.Backend = options.BackendName.auto,
     patch: Annotated[Optional[List[str]], typer.Option("--patch", "-p", help="Fit only this patch (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results folder \\[default: ./results/<pallet>].")] = None,
     force: Annotated[bool, typer.Option("--force", help="Refit patches already in --out instead of resuming.")] = False,

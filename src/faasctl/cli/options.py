@@ -39,7 +39,7 @@ class BackendName(str, Enum):
 
 Backend = Annotated[
     BackendName,
-    typer.Option(help="numpy: plain pyhf, the reference; jax: compiled once per model, fast; auto: jax where it can."),
+    typer.Option(help="auto: the compiled jax engine where JAX is installed, else plain pyhf; numpy: plain pyhf (the reference); jax: the compiled engine (patches it cannot fit fall back to pyhf)."),
 ]
 Labels = Annotated[
     Optional[str],
