@@ -27,14 +27,17 @@ the jax backend then hands the patch to plain pyhf.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jsonpatch import JsonPatchException
+from jsonpointer import JsonPointerException
+
 from faasctl.exceptions import FaasctlError
+from faasctl.patching import apply_patch_shared
 
 __all__ = [
     "UnsupportedModel",
@@ -72,93 +75,18 @@ class UnsupportedModel(FaasctlError):
 # --- copy-on-write patching ----------------------------------------------------------------
 
 
-def _unescape(token: str) -> str:
-    return token.replace("~1", "/").replace("~0", "~")
-
-
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise UnsupportedModel(f"JSON pointer {path!r} does not start with '/'")
-    return [_unescape(t) for t in path[1:].split("/")]
-
-
-def _index(container: list[Any], token: str, *, allow_end: bool) -> int:
-    if allow_end and token == "-":
-        return len(container)
-    if not token.isdigit() or (token != "0" and token.startswith("0")):
-        raise UnsupportedModel(f"bad list index {token!r}")
-    index = int(token)
-    if index > len(container) or (index == len(container) and not allow_end):
-        raise UnsupportedModel(f"list index {index} out of range")
-    return index
-
-
 def patched_spec(background: Mapping[str, Any], operations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """``background`` with the JSON Patch ``operations`` applied, sharing what they leave alone.
 
-    Only the containers on the path of each operation are copied (shallowly); every other
-    object, in particular the unchanged samples, is the background's own. The result must
-    be treated as read-only. Handles ``add``, ``remove``, ``replace`` and ``test``; any
-    other operation, or one that does not apply, raises `UnsupportedModel` (the caller
-    then uses the general, deep-copying `faasctl.pallet.apply_patch`).
+    Only the containers on the path of each operation are copied (`faasctl.patching`); every
+    other object, in particular the unchanged samples, is the background's own. The result
+    must be treated as read-only. An operation that does not apply raises `UnsupportedModel`
+    (the caller then uses the general `faasctl.pallet.apply_patch`, which names the error).
     """
-    root: dict[str, Any] = dict(background)
-    copied = {id(root)}
-
-    def parent_of(tokens: list[str]) -> Any:
-        node: Any = root
-        for token in tokens[:-1]:
-            if isinstance(node, dict):
-                if token not in node:
-                    raise UnsupportedModel(f"no member {token!r}")
-                child = node[token]
-                key: Any = token
-            elif isinstance(node, list):
-                key = _index(node, token, allow_end=False)
-                child = node[key]
-            else:
-                raise UnsupportedModel("path goes through a scalar")
-            if id(child) not in copied and isinstance(child, (dict, list)):
-                child = copy.copy(child)
-                copied.add(id(child))
-                node[key] = child
-            node = child
-        return node
-
-    for op in operations:
-        kind = op.get("op")
-        tokens = _pointer(op.get("path", ""))
-        if kind == "test":
-            node: Any = root
-            for token in tokens:
-                node = node[token] if isinstance(node, dict) else node[_index(node, token, allow_end=False)]
-            if node != op["value"]:
-                raise UnsupportedModel(f"test at {op['path']!r} failed")
-            continue
-        if kind not in ("add", "remove", "replace") or not tokens:
-            raise UnsupportedModel(f"patch operation {kind!r} on {op.get('path')!r} is not handled here")
-        parent = parent_of(tokens)
-        last = tokens[-1]
-        if isinstance(parent, dict):
-            if kind != "add" and last not in parent:
-                raise UnsupportedModel(f"no member {last!r} to {kind}")
-            if kind == "remove":
-                del parent[last]
-            else:
-                parent[last] = op["value"]
-        elif isinstance(parent, list):
-            index = _index(parent, last, allow_end=kind == "add")
-            if kind == "add":
-                parent.insert(index, op["value"])
-            elif kind == "remove":
-                del parent[index]
-            else:
-                parent[index] = op["value"]
-        else:
-            raise UnsupportedModel("path goes through a scalar")
-    return root
+    try:
+        return apply_patch_shared(background, operations)
+    except (JsonPatchException, JsonPointerException) as err:
+        raise UnsupportedModel(f"patch does not apply: {err}") from err
 
 
 # --- parsed samples ------------------------------------------------------------------------
