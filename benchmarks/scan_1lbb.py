@@ -5,10 +5,10 @@ Rows (see docs/performance.md for the figures and how to read them):
 a. plain pyhf, serial: ``pyhf.Workspace`` + model + ``pyhf.infer.hypotest`` per patch;
 b. faasctl backends in-process, per patch after warm-up (``numpy``: plain pyhf behind the
    backend interface; ``jax``: the compiled engine, with its one-off compile time);
-c. orchestration overhead per task (``faasctl.worker.noop`` tasks) through the local engine
-   (parsl HTEX on loopback) and, when Slurm and ``faasctl.deploy.direct`` are there,
+c. orchestration overhead per task (``faasctl.scan.worker.noop`` tasks) through the local engine
+   (parsl HTEX on loopback) and, when Slurm and ``faasctl.executors.site`` are there,
    through direct mode on the ``slurm`` site;
-d. the full scan through `faasctl.client.FitClient` on the local engine with 1 and 2
+d. the full scan through `faasctl.scan.client.FitClient` on the local engine with 1 and 2
    workers (``jax``; ``numpy`` too with ``--numpy-scan``, on 2 workers: ~15 min for 1Lbb):
    wall time and parallel efficiency ``T1 / (n * Tn)``.
 
@@ -18,7 +18,7 @@ Usage::
     python benchmarks/scan_1lbb.py --pallet examples/simple --scan-patches 12
     python benchmarks/scan_1lbb.py --json /tmp/bench.json --numpy-scan
 
-The process runs with the workers' thread settings (`faasctl.engine.WORKER_ENV`: one
+The process runs with the workers' thread settings (`faasctl.executors.local.WORKER_ENV`: one
 thread, XLA single-threaded) unless ``--default-threads`` is given, so in-process and
 worker numbers compare.
 """
@@ -54,7 +54,7 @@ def _spread(names: list[str], n: int) -> list[str]:
 
 
 def bench_pyhf(pallet: Any, names: list[str]) -> dict[str, Any]:
-    from faasctl.backends.numpy import pyhf_hypotest
+    from faasctl.study import pyhf_hypotest
 
     times = []
     for name in names:
@@ -88,7 +88,7 @@ def bench_noop(executor: Any, tasks: int, roundtrips: int) -> dict[str, Any]:
     """Throughput of ``tasks`` noops submitted at once, and the latency of one at a time."""
     import concurrent.futures as cf
 
-    from faasctl.worker import noop
+    from faasctl.scan.worker import noop
 
     cold = time.perf_counter()
     executor.submit(noop, 0).result(timeout=600)  # the first task waits for the workers to start
@@ -107,7 +107,7 @@ def bench_noop(executor: Any, tasks: int, roundtrips: int) -> dict[str, Any]:
 
 
 def bench_local_noop(workers: int, tasks: int, roundtrips: int) -> dict[str, Any]:
-    from faasctl.engine import local_executor
+    from faasctl.executors.local import local_executor
 
     start = time.perf_counter()
     with local_executor(workers=workers) as executor:
@@ -122,8 +122,8 @@ def bench_slurm_noop(tasks: int, roundtrips: int) -> dict[str, Any]:
     import importlib.util
     import shutil
 
-    if importlib.util.find_spec("faasctl.deploy.direct") is None:
-        return {"skipped": "faasctl.deploy.direct is not installed"}
+    if importlib.util.find_spec("faasctl.executors.site") is None:
+        return {"skipped": "faasctl.executors.site is not installed"}
     if shutil.which("sbatch") is None:
         return {"skipped": "no Slurm here (sbatch not on PATH)"}
     import subprocess
@@ -133,7 +133,7 @@ def bench_slurm_noop(tasks: int, roundtrips: int) -> dict[str, Any]:
     if probe.returncode != 0:
         return {"skipped": f"Slurm is not running (sinfo: {probe.stderr.strip().splitlines()[-1:]})"}
 
-    from faasctl.deploy.direct import site_executor
+    from faasctl.executors.site import site_executor
     from faasctl.sites import load_site
 
     try:
@@ -150,8 +150,8 @@ def bench_slurm_noop(tasks: int, roundtrips: int) -> dict[str, Any]:
 
 
 def bench_scan(pallet: Any, names: list[str], backend: str, workers: int) -> dict[str, Any]:
-    from faasctl.client import FitClient
-    from faasctl.engine import local_executor
+    from faasctl.scan.client import FitClient
+    from faasctl.executors.local import local_executor
 
     start = time.perf_counter()
     first_result = None
@@ -198,12 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write all measurements here")
     args = parser.parse_args(argv)
 
-    from faasctl.engine import WORKER_ENV
+    from faasctl.study import WORKER_ENV
 
     if not args.default_threads:
         os.environ.update(WORKER_ENV)  # before numpy/jax start their thread pools
 
-    from faasctl.pallet import load_pallet
+    from faasctl.pallets.load import load_pallet
 
     pallet = load_pallet(args.pallet)
     names = list(pallet.patches)

@@ -42,7 +42,7 @@ def _save_cache(path: Path, digest: str, results: dict[str, list[float]]) -> Non
 
 def reference(pallet, names: list[str], cache: Path) -> dict[str, list[float]]:
     """Plain pyhf results for ``names``, computing (and caching) the missing ones."""
-    from faasctl.backends.numpy import pyhf_hypotest
+    from faasctl.study import pyhf_hypotest
 
     results = _load_cache(cache, pallet.digest)
     todo = [n for n in names if n not in results]
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-only", action="store_true", help="fill the reference cache and stop")
     args = parser.parse_args(argv)
 
-    from faasctl.pallet import load_pallet
+    from faasctl.pallets.load import load_pallet
 
     pallet = load_pallet(args.pallet)
     cache = args.cache or DEFAULT_CACHE.with_name(f"faasctl-reference-{pallet.digest[:12]}.json")

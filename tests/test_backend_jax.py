@@ -22,8 +22,9 @@ from conftest import SHARED_PALLETS, require  # noqa: E402
 from faasctl.backends import get_backend  # noqa: E402
 from faasctl.backends import jax as jax_backend  # noqa: E402
 from faasctl.backends.histfactory import BackgroundCache, UnsupportedModel, build_arrays, patched_spec  # noqa: E402
-from faasctl.backends.numpy import pyhf_hypotest  # noqa: E402
-from faasctl.pallet import MODIFIER_SETTINGS, Patch, apply_patch, load_pallet, workspace_digest  # noqa: E402
+from faasctl.study import pyhf_hypotest  # noqa: E402
+from faasctl.study import MODIFIER_SETTINGS  # noqa: E402
+from faasctl.pallets.load import Patch, apply_patch, load_pallet, workspace_digest  # noqa: E402
 
 RTOL, ATOL = 1e-3, 1e-5
 

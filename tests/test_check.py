@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import json
-import sys
 import threading
 from importlib import metadata
 from pathlib import Path
@@ -19,9 +18,9 @@ import pyhf
 import pytest
 from typer.testing import CliRunner
 
-import faasctl.engine
-from faasctl import check
-from faasctl.check import (
+import faasctl.executors.local
+from faasctl.check import core as check
+from faasctl.check.core import (
     ABS_TOL,
     REL_TOL,
     CheckReport,
@@ -34,8 +33,8 @@ from faasctl.check import (
 )
 from faasctl.cli.main import app
 from faasctl.exceptions import EndpointUnhealthy
-from faasctl.pallet import load_pallet, workspace_digest
-from faasctl.results import PatchResult
+from faasctl.pallets.load import load_pallet, workspace_digest
+from faasctl.scan.results import PatchResult
 from test_endpoint_engine import fake_cloud
 
 runner = CliRunner()
@@ -85,8 +84,8 @@ def worker_site(monkeypatch, tmp_path):
     def install(code: str) -> None:
         (tmp_path / "sitecustomize.py").write_text(code)
         init = f"export PYTHONPATH={tmp_path}:${{PYTHONPATH:-}}"
-        monkeypatch.setattr(faasctl.engine, "local_executor",
-                            functools.partial(faasctl.engine.local_executor, worker_init=init))
+        monkeypatch.setattr(faasctl.executors.local, "local_executor",
+                            functools.partial(faasctl.executors.local.local_executor, worker_init=init))
 
     return install
 
@@ -253,7 +252,9 @@ def test_check_endpoint_through_the_cloud_double(monkeypatch, tmp_path):
         engines.append(cm)
         return cm.__enter__()
 
-    monkeypatch.setattr(check, "globus_executor", double)
+    import faasctl.executors.globus
+
+    monkeypatch.setattr(faasctl.executors.globus, "globus_executor", double)
     try:
         result = runner.invoke(app, ["check", "--endpoint", endpoint, "--json"])
     finally:

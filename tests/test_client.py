@@ -21,12 +21,13 @@ from typing import Any
 import pyhf
 import pytest
 
-from faasctl.client import FitClient, executor_capacity
-from faasctl.engine import local_executor
+from faasctl.executors.capacity import executor_capacity
+from faasctl.scan.client import FitClient
+from faasctl.executors.local import local_executor
 from faasctl.exceptions import PatchError
-from faasctl.pallet import Pallet, load_pallet, workspace_digest
-from faasctl.results import PatchResult
-from faasctl.worker import NEED_BACKGROUND, fit_patch
+from faasctl.pallets.load import Pallet, load_pallet, workspace_digest
+from faasctl.scan.results import PatchResult
+from faasctl.scan.worker import NEED_BACKGROUND, fit_patch
 
 TESTS = Path(__file__).resolve().parent
 EXAMPLE = TESTS.parent / "examples" / "simple"

@@ -26,8 +26,9 @@ from globus_compute_sdk.errors import TaskExecutionFailed
 from globus_compute_sdk.sdk.asynchronous.compute_future import ComputeFuture
 from globus_compute_sdk.serialize import ComputeSerializer
 
-from faasctl.client import FitClient, executor_capacity
-from faasctl.endpoint_engine import EngineExecutor, local_engine, pack_task, unpack_result
+from faasctl.executors.capacity import executor_capacity
+from faasctl.scan.client import FitClient
+from faasctl.executors.gc_engine import EngineExecutor, local_engine, pack_task, unpack_result
 from test_client import assert_matches_pyhf, bind, die_once, simple_pallet
 
 TESTS = Path(__file__).resolve().parent

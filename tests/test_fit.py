@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from faasctl.backends.numpy import pyhf_hypotest
+from faasctl.study import pyhf_hypotest
 from faasctl.cli.main import app
-from faasctl.pallet import load_pallet
+from faasctl.pallets.load import load_pallet
 
 runner = CliRunner()
 

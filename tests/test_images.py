@@ -24,13 +24,13 @@ from packaging.requirements import Requirement
 from typer.testing import CliRunner
 
 from faasctl import __version__
-from faasctl.backends.numpy import pyhf_hypotest
+from faasctl.study import pyhf_hypotest
 from faasctl.cli.main import app
 from faasctl.exceptions import ImageBuildError
 from faasctl.images import build_args, docker_client, find_context, locked_version
 from faasctl.images.selftest import main as selftest_main
 from faasctl.images.selftest import synthetic_pallet
-from faasctl.pallet import Patch, apply_patch, load_pallet
+from faasctl.pallets.load import Patch, apply_patch, load_pallet
 
 FLAVORS = ("cpu", "cuda")
 runner = CliRunner()
@@ -100,7 +100,7 @@ def test_build_context_holds_what_the_dockerfile_copies(flavor):
         assert source == "." or source in sent, f"{dockerfile} copies {source}, which .dockerignore leaves out"
     # What building faasctl's wheel and the venv reads, including every folder the wheel force-includes.
     wheel = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
-    needed = ["pyproject.toml", "README.md", "src/faasctl/__init__.py", "src/faasctl/worker.py",
+    needed = ["pyproject.toml", "README.md", "src/faasctl/__init__.py", "src/faasctl/scan/worker.py",
               "src/faasctl/images/selftest.py", "images/build-requirements.lock", f"images/{flavor}/requirements.lock",
               *wheel.get("force-include", {})]
     assert [path for path in needed if path not in sent] == [], "add them to .dockerignore's allowlist"

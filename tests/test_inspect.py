@@ -1,4 +1,4 @@
-"""`faasctl pallet inspect` and `faasctl.inspect`: structure signatures, broken patches, output."""
+"""`faasctl pallet inspect` and `faasctl.pallets.inspection`: structure signatures, broken patches, output."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from faasctl.cli.main import app
-from faasctl.inspect import _SampleSchema, inspect_pallet, structure_key, structure_signature
-from faasctl.pallet import MODIFIER_SETTINGS, load_pallet
+from faasctl.pallets.inspection import _SampleSchema, inspect_pallet, structure_key, structure_signature
+from faasctl.study import MODIFIER_SETTINGS
+from faasctl.pallets.load import load_pallet
 
 TINY = Path(__file__).resolve().parent / "data" / "tiny_record"
 runner = CliRunner()

@@ -24,12 +24,12 @@ import jsonpatch
 import pytest
 from typer.testing import CliRunner
 
-from faasctl import pallet as pallet_module
-from faasctl.backends.numpy import pyhf_hypotest
+from faasctl.pallets import load as pallet_module
+from faasctl.study import pyhf_hypotest
 from faasctl.cli.main import app
-from faasctl.client import FitClient
+from faasctl.scan.client import FitClient
 from faasctl.exceptions import PalletError, PatchError
-from faasctl.pallet import LAYOUT_PATCH_FILES, LAYOUT_PATCHSET, load_pallet, values_from_name, workspace_digest
+from faasctl.pallets.load import LAYOUT_PATCH_FILES, LAYOUT_PATCHSET, load_pallet, values_from_name, workspace_digest
 
 TINY = Path(__file__).resolve().parent / "data" / "tiny_record"
 runner = CliRunner()

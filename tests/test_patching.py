@@ -8,7 +8,7 @@ import json
 import jsonpatch
 import pytest
 
-from faasctl.patching import apply_patch_shared
+from faasctl.pallets.patching import apply_patch_shared
 
 DOC = {"a": {"b": [1, 2, {"c": 3}]}, "d": [[1], [2]], "e": "x"}
 

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from faasctl.cli.main import app
 from faasctl.exceptions import RenderError, SiteConfigError
-from faasctl.render import (
+from faasctl.sites.render import (
     ENDPOINT_FILES,
     endpoint_templates_dir,
     load_endpoint_config,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from faasctl.exceptions import ScanError
-from faasctl.results import PatchResult, ResultStore
+from faasctl.scan.results import PatchResult, ResultStore
 
 PALLET = {"source": "p", "digest": "abc", "labels": ["m1", "m2"], "region": None}
 
@@ -53,13 +53,13 @@ def test_unreadable_results_file(tmp_path):
 
 def test_committed_schema_matches_model():
     """schemas/1.0.0/results.json is generated from ResultsDocument; regenerate it when the model changes:
-    python -c "import json; from faasctl.results import ResultsDocument; print(json.dumps(ResultsDocument.model_json_schema(by_alias=True), indent=2))" > src/faasctl/schemas/1.0.0/results.json
+    python -c "import json; from faasctl.scan.results import ResultsDocument; print(json.dumps(ResultsDocument.model_json_schema(by_alias=True), indent=2))" > src/faasctl/scan/schemas/1.0.0/results.json
     """
     from importlib.resources import files
 
-    from faasctl.results import ResultsDocument
+    from faasctl.scan.results import ResultsDocument
 
-    committed = json.loads((files("faasctl") / "schemas" / "1.0.0" / "results.json").read_text())
+    committed = json.loads((files("faasctl.scan") / "schemas" / "1.0.0" / "results.json").read_text())
     assert committed == ResultsDocument.model_json_schema(by_alias=True)
 
 
@@ -70,5 +70,5 @@ def test_results_file_validates_against_schema(tmp_path):
 
     store = ResultStore(tmp_path, PALLET)
     store.add(ok("a"))
-    schema = json.loads((files("faasctl") / "schemas" / "1.0.0" / "results.json").read_text())
+    schema = json.loads((files("faasctl.scan") / "schemas" / "1.0.0" / "results.json").read_text())
     jsonschema.validate(json.loads(store.json_path.read_text()), schema)

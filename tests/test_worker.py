@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from faasctl import worker
-from faasctl.backends.numpy import pyhf_hypotest
-from faasctl.pallet import load_pallet
+from faasctl.scan import worker
+from faasctl.study import pyhf_hypotest
+from faasctl.pallets.load import load_pallet
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from conftest import ROOT, require, which
 from faasctl.deploy import RunCommand, WriteFiles
 from faasctl.deploy.helm import HelmDeployer, chart_dir, validate_values
 from faasctl.exceptions import DeployError
-from faasctl.render import load_endpoint_config, render_endpoint
+from faasctl.sites.render import load_endpoint_config, render_endpoint
 from faasctl.sites import load_site
 
 pytestmark = pytest.mark.helm

@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 
 from faasctl.cli.main import app
 from faasctl.deploy import DEPLOYERS, Notice, RemovePath, RunCommand, WriteFiles, deployer_for
-from faasctl.deploy.direct import site_config
+from faasctl.executors.site import site_config
 from faasctl.deploy.helm import HelmDeployer
 from faasctl.deploy.slurm import SlurmDeployer, endpoint_cli
-from faasctl.engine import WORKER_ENV
+from faasctl.study import WORKER_ENV
 from faasctl.exceptions import DeployError
-from faasctl.render import render_endpoint
+from faasctl.sites.render import render_endpoint
 from faasctl.sites import PROVIDER_FAMILIES, load_site
 
 runner = CliRunner()

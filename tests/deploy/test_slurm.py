@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from conftest import EXAMPLE, require
-from faasctl.backends.numpy import pyhf_hypotest
-from faasctl.client import FitClient
-from faasctl.deploy.direct import site_executor
-from faasctl.engine import WORKER_ENV
-from faasctl.pallet import Pallet, apply_patch, load_pallet
-from faasctl.results import PatchResult, ResultStore
-from faasctl.scan import pallet_record, plan, run_scan
+from faasctl.study import pyhf_hypotest
+from faasctl.scan.client import FitClient
+from faasctl.executors.site import site_executor
+from faasctl.study import WORKER_ENV
+from faasctl.pallets.load import Pallet, apply_patch, load_pallet
+from faasctl.scan.results import PatchResult, ResultStore
+from faasctl.scan.runner import pallet_record, plan, run_scan
 from faasctl.sites import load_site
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]

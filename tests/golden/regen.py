@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from faasctl.render import render_endpoint, write_endpoint
+from faasctl.sites.render import render_endpoint, write_endpoint
 from faasctl.sites import load_site, shipped_sites_dir
 
 GOLDEN = Path(__file__).resolve().parent

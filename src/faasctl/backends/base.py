@@ -5,12 +5,11 @@ from __future__ import annotations
 import abc
 from typing import Any, Mapping
 
-from faasctl.pallet import Patch
+from faasctl.pallets.load import Patch
+from faasctl.study import HypotestResult
 
 __all__ = ["Backend", "HypotestResult"]
 
-#: (CLs_obs, [CLs_exp at -2, -1, 0, +1, +2 sigma])
-HypotestResult = tuple[float, list[float]]
 
 
 class Backend(abc.ABC):

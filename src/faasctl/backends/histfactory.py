@@ -37,7 +37,7 @@ from jsonpatch import JsonPatchException
 from jsonpointer import JsonPointerException
 
 from faasctl.exceptions import FaasctlError
-from faasctl.patching import apply_patch_shared
+from faasctl.pallets.patching import apply_patch_shared
 
 __all__ = [
     "UnsupportedModel",
@@ -78,10 +78,10 @@ class UnsupportedModel(FaasctlError):
 def patched_spec(background: Mapping[str, Any], operations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """``background`` with the JSON Patch ``operations`` applied, sharing what they leave alone.
 
-    Only the containers on the path of each operation are copied (`faasctl.patching`); every
+    Only the containers on the path of each operation are copied (`faasctl.pallets.patching`); every
     other object, in particular the unchanged samples, is the background's own. The result
     must be treated as read-only. An operation that does not apply raises `UnsupportedModel`
-    (the caller then uses the general `faasctl.pallet.apply_patch`, which names the error).
+    (the caller then uses the general `faasctl.pallets.load.apply_patch`, which names the error).
     """
     try:
         return apply_patch_shared(background, operations)

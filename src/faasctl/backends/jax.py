@@ -66,7 +66,8 @@ from faasctl.backends.histfactory import (
     patched_spec,
 )
 from faasctl.exceptions import FaasctlError
-from faasctl.pallet import MODIFIER_SETTINGS, Patch, apply_patch
+from faasctl.study import MODIFIER_SETTINGS
+from faasctl.pallets.load import Patch, apply_patch
 
 __all__ = ["JaxBackend", "FitNotConverged", "backend", "TRACES", "cls_from_teststats"]
 
@@ -519,7 +520,7 @@ class JaxBackend(Backend):
                 raise
             self.stats["fallbacks"] += 1
             log.warning("patch %s: %s; computing it with plain pyhf instead", patch.name, err)
-            from faasctl.backends.numpy import pyhf_hypotest
+            from faasctl.study import pyhf_hypotest
 
             return pyhf_hypotest(apply_patch(background, patch))
         finally:

@@ -11,7 +11,7 @@ from rich.console import Console
 from faasctl.cli import options
 
 if TYPE_CHECKING:
-    from faasctl.check import CheckReport
+    from faasctl.check.core import CheckReport
 
 app = typer.Typer()
 console = Console()
@@ -24,7 +24,7 @@ EXIT_HELP = (
 
 
 class Suite(str, Enum):
-    """Health-check suites (see `faasctl.check`)."""
+    """Health-check suites (see `faasctl.check.core`)."""
 
     quick = "quick"
     full = "full"
@@ -58,7 +58,7 @@ def check(
 
       faasctl check --endpoint 2f9c4f1e-0b7a-4d0e-9a52-6f3c1d2e8b7a --suite full --json
     """
-    from faasctl.check import check_target
+    from faasctl.check.core import check_target
 
     if endpoint and site:
         raise typer.BadParameter("give --endpoint or --site, not both", param_hint="--endpoint / --site")

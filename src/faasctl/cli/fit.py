@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -54,11 +53,11 @@ def fit(
 
       faasctl fit examples/simple --site river --direct
     """
-    from faasctl.engine import local_executor
+    from faasctl.executors import describe_target, open_executor
     from faasctl.exceptions import SiteConfigError
-    from faasctl.pallet import load_pallet
-    from faasctl.results import ResultStore
-    from faasctl.scan import pallet_record, plan, run_scan
+    from faasctl.pallets.load import load_pallet
+    from faasctl.scan.results import ResultStore
+    from faasctl.scan.runner import pallet_record, plan, run_scan
 
     if direct == (site == "local" and site_file is None):
         raise SiteConfigError(f"site {site!r}: use --site NAME --direct for a site's own blocks, or the default 'local' without --direct")
@@ -72,13 +71,8 @@ def fit(
     if todo.skipped:
         console.print(f"Resuming: {len(todo.skipped)} patches already in {store.json_path}, {len(todo.todo)} to fit.")
 
-    workers = workers or os.cpu_count() or 1
-    if site_record is not None:
-        from faasctl.deploy.direct import site_executor
-
-        engine, where = site_executor(site_record), f"site {site_record.name} (direct)"
-    else:
-        engine, where = local_executor(workers), f"{workers} local workers"
+    target = site_record if site_record is not None else "local"
+    engine, where = open_executor(site=target, workers=workers), describe_target(site=target, workers=workers)
     start = time.perf_counter()
     if todo.todo:
         with Progress(
@@ -115,7 +109,7 @@ def fit(
         highlight=False,
     )
     if plot:
-        from faasctl.plot import exclusion_plot
+        from faasctl.scan.plot import exclusion_plot
 
         png = exclusion_plot(list(store.results.values()), loaded.labels, out / "exclusion.png", title=_pallet_stem(pallet))
         if png:

@@ -15,7 +15,7 @@ from faasctl.cli import options
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from faasctl.inspect import Inspection
+    from faasctl.pallets.inspection import Inspection
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -51,8 +51,8 @@ def inspect(
 
       faasctl pallet inspect ../shared/pallets/1Lbb --json
     """
-    from faasctl.inspect import inspect_pallet
-    from faasctl.pallet import load_pallet
+    from faasctl.pallets.inspection import inspect_pallet
+    from faasctl.pallets.load import load_pallet
 
     with err_console.status(f"Reading {pallet} …"):
         # a digest mismatch is a finding to report here, not an error
@@ -104,7 +104,7 @@ def _few(names: list[str], limit: int = 6) -> str:
 
 
 def _print_report(report: Inspection, list_patches: bool) -> None:
-    from faasctl.pallet import LAYOUT_PATCH_FILES
+    from faasctl.pallets.load import LAYOUT_PATCH_FILES
 
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold", no_wrap=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -18,7 +18,7 @@ from faasctl.cli import options
 from faasctl.cli.options import SetValues, SiteFile, SiteName, resolve_site
 
 if TYPE_CHECKING:
-    from faasctl.sites import SiteRecord
+    pass
 
 app = typer.Typer(no_args_is_help=True)
 render_app = typer.Typer()
@@ -112,7 +112,7 @@ def render(
 
       faasctl render --site-file mycluster.yaml --out ~/.globus_compute/mycluster
     """
-    from faasctl.render import render_endpoint, validate_endpoint, write_endpoint
+    from faasctl.sites.render import render_endpoint, validate_endpoint, write_endpoint
 
     if (out is None) == (not print_):
         raise typer.BadParameter("give exactly one of --out DIR or --print", param_hint="--out/--print")

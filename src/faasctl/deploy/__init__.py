@@ -11,7 +11,7 @@ PBSProProvider            `SlurmDeployer`        (same: an endpoint on the login
 LocalProvider             `SlurmDeployer`        (same: an endpoint on this host)
 ========================  =====================  ==========================================
 
-Direct mode (`faasctl.deploy.direct.site_executor`) needs no endpoint at all.
+Direct mode (`faasctl.executors.site.site_executor`) needs no endpoint at all.
 
 Example:
     >>> from faasctl.sites import load_site

@@ -182,7 +182,7 @@ class Deployer(abc.ABC):
     Args:
         site: the site record (`faasctl.sites.SiteRecord`).
         files: the rendered endpoint folder (file name -> text); default:
-            `faasctl.render.render_endpoint` of ``site``.
+            `faasctl.sites.render.render_endpoint` of ``site``.
     """
 
     #: short name shown in plans and status
@@ -204,7 +204,7 @@ class Deployer(abc.ABC):
             RenderError: the site's endpoint config is refused (nothing is deployed).
         """
         if self._files is None:
-            from faasctl.render import render_endpoint, validate_endpoint
+            from faasctl.sites.render import render_endpoint, validate_endpoint
 
             files = render_endpoint(self.site)
             validate_endpoint(files, site=self.site)

@@ -91,7 +91,7 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 def chart_values(site: Any, files: Mapping[str, str], *, secret: str | None = None) -> dict[str, Any]:
     """The values faasctl passes to the chart for ``site``: endpoint name and image, the
     rendered endpoint folder, the credentials Secret's name."""
-    from faasctl.render import CONFIG, USER_SCHEMA, USER_TEMPLATE
+    from faasctl.sites.render import CONFIG, USER_SCHEMA, USER_TEMPLATE
 
     repository, tag = _split_image(site.image)
     return {

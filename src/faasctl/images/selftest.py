@@ -5,7 +5,7 @@ The images run it by default (``docker run IMAGE``); it is also how to check a G
     python -m faasctl.images.selftest                                  # a tiny synthetic model
     python -m faasctl.images.selftest --pallet DIR --patch NAME --backend jax
 
-The fit goes through `faasctl.worker.fit_patch`, exactly as on a Globus Compute or parsl worker. With a
+The fit goes through `faasctl.scan.worker.fit_patch`, exactly as on a Globus Compute or parsl worker. With a
 backend other than ``numpy`` the same patch is also fitted by plain pyhf, and the CLs must agree.
 Exit status: 0 when the fit succeeded (and agreed), 1 when it did not, 2 for a bad pallet or patch.
 """
@@ -54,8 +54,8 @@ def run_selftest(pallet: str | None = None, patch: str | None = None, backend: s
         patch: the patch to fit (default: the pallet's first).
         backend: ``numpy``, ``jax`` or ``auto``.
     """
-    from faasctl.pallet import Patch, apply_patch, load_pallet, workspace_digest
-    from faasctl.worker import fit_patch, worker_info
+    from faasctl.pallets.load import Patch, apply_patch, load_pallet, workspace_digest
+    from faasctl.scan.worker import fit_patch, worker_info
 
     if pallet is None:
         background, patch_info = synthetic_pallet()
@@ -72,7 +72,7 @@ def run_selftest(pallet: str | None = None, patch: str | None = None, backend: s
     if ok and result["backend"] != "numpy":
         import jax
 
-        from faasctl.backends.numpy import pyhf_hypotest
+        from faasctl.study import pyhf_hypotest
 
         report["devices"] = [str(d) for d in jax.devices()]
         spec = apply_patch(background, Patch(patch_info["name"], tuple(patch_info["values"]), patch_info["operations"]))

@@ -3,11 +3,11 @@
 A site record says which parsl provider runs the workers (Slurm, PBS Pro, Kubernetes or
 local processes) and with which partition/queue, account, blocks, walltime, launcher,
 worker environment (``worker_init`` or a container image) and network address.
-``faasctl.render`` turns it into a Globus Compute endpoint folder.
+``faasctl.sites.render`` turns it into a Globus Compute endpoint folder.
 
 The models only check shapes, types and combinations that are known to be wrong; anything
 passed through ``options`` goes verbatim to parsl and is checked by Globus Compute's own
-loader when the endpoint is rendered (``faasctl.render.validate_endpoint``). Validators
+loader when the endpoint is rendered (``faasctl.sites.render.validate_endpoint``). Validators
 here are pure: they never touch the file system or the network.
 """
 

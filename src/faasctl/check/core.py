@@ -1,7 +1,7 @@
 """Health-check fits: does an endpoint still compute the right CLs after an upgrade?
 
 A *suite* of reference fits is sent to an endpoint or site as ordinary patch fits
-(`faasctl.client.FitClient` with `faasctl.worker.fit_patch`), and each answer is compared
+(`faasctl.scan.client.FitClient` with `faasctl.scan.worker.fit_patch`), and each answer is compared
 with the CLs values plain pyhf computed for it, stored in ``faasctl/reference/*.json``:
 
 ``quick``
@@ -13,7 +13,7 @@ with the CLs values plain pyhf computed for it, stored in ``faasctl/reference/*.
     one near the CLs = 0.05 contour, one not excluded), when the pallet is found in
     ``$FAASCTL_PALLETS/1Lbb`` or ``../shared/pallets/1Lbb``. About 30 s per fit with numpy.
 
-First one worker is asked for its versions (`faasctl.worker.worker_info`, reported with the
+First one worker is asked for its versions (`faasctl.scan.worker.worker_info`, reported with the
 results), allowing ``start_timeout`` for workers to start; then the fits are sent, each
 allowed ``timeout``. A check passes when CLs_obs and the five CLs_exp agree with the
 reference within ``rel_tol=1e-3`` or ``abs_tol=1e-5``. `CheckReport.raise_for_status` raises `EndpointUnhealthy`
@@ -37,16 +37,17 @@ import logging
 import math
 import os
 import time
-import uuid
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from faasctl.exceptions import EndpointUnhealthy, PalletError, SiteConfigError
-from faasctl.pallet import MODIFIER_SETTINGS, Pallet, Patch, load_pallet, workspace_digest
-from faasctl.results import PatchResult
+from faasctl.study import MODIFIER_SETTINGS
+from faasctl.pallets.load import Pallet, Patch, load_pallet, workspace_digest
+from faasctl.executors import open_executor
+from faasctl.scan.results import PatchResult
 
 __all__ = [
     "SUITES",
@@ -59,8 +60,6 @@ __all__ = [
     "synthetic_reference_pallet",
     "run_check",
     "check_target",
-    "open_executor",
-    "globus_executor",
     "regenerate",
 ]
 
@@ -122,7 +121,7 @@ def load_reference(suite: str) -> Reference:
     Raises:
         SiteConfigError: the file is missing or invalid (the message says how to regenerate it).
     """
-    resource = resources.files("faasctl") / "reference" / f"{suite.lower()}.json"
+    resource = resources.files("faasctl.check") / "reference" / f"{suite.lower()}.json"
     try:
         reference = Reference.model_validate_json(resource.read_text())
     except (OSError, ValueError) as err:
@@ -234,7 +233,7 @@ class CheckReport(BaseModel):
     start_timeout: float | None = None
     healthy: bool
     elapsed: float
-    worker: dict[str, Any] | None = Field(default=None, description="faasctl.worker.worker_info of one worker")
+    worker: dict[str, Any] | None = Field(default=None, description="faasctl.scan.worker.worker_info of one worker")
     checks: list[CheckResult]
 
     model_config = ConfigDict(populate_by_name=True)
@@ -309,7 +308,7 @@ def run_check(
 ) -> CheckReport:
     """Run a suite of reference fits on ``executor`` and judge the answers.
 
-    First one worker is asked for its versions (`faasctl.worker.worker_info`): that waits up
+    First one worker is asked for its versions (`faasctl.scan.worker.worker_info`): that waits up
     to ``start_timeout`` for workers to start. Then the fits are sent, each allowed
     ``timeout`` seconds.
 
@@ -327,7 +326,7 @@ def run_check(
     Raises:
         EndpointUnhealthy: the executor refuses tasks.
     """
-    from faasctl.client import FitClient
+    from faasctl.scan.client import FitClient
     from faasctl.exceptions import ScanError
 
     if suite not in SUITES:
@@ -365,8 +364,8 @@ def run_check(
 def _worker_info(
     executor: cf.Executor, target: str, start: float, start_timeout: float
 ) -> tuple[dict[str, Any] | None, CheckResult]:
-    from faasctl.client import error_text
-    from faasctl.worker import worker_info
+    from faasctl.scan.client import error_text
+    from faasctl.scan.worker import worker_info
 
     def row(status: Status, message: str, worker: str | None = None) -> CheckResult:
         return CheckResult(name="worker_info", suite="worker", status=status, message=message, worker=worker,
@@ -391,79 +390,13 @@ def _worker_info(
 # --- targets -----------------------------------------------------------------------------------
 
 
-def globus_executor(endpoint_id: str) -> cf.Executor:
-    """Globus Compute's ``Executor`` for ``endpoint_id``, refusing to prompt for a login.
-
-    Raises:
-        SiteConfigError: ``endpoint_id`` is not a UUID, or there are no Globus credentials
-            (a health check must not wait for someone to log in).
-        EndpointUnhealthy: the Globus Compute service cannot be reached.
-    """
-    try:
-        uuid.UUID(endpoint_id)
-    except ValueError as err:
-        raise SiteConfigError(f"--endpoint {endpoint_id!r}: not an endpoint UUID") from err
-    import globus_sdk
-    from globus_compute_sdk import Client, Executor
-    from globus_compute_sdk.sdk.auth.globus_app import get_globus_app
-
-    try:
-        app = get_globus_app()
-        if app.login_required():
-            raise SiteConfigError(
-                f"endpoint {endpoint_id}: not logged in to Globus; run 'globus-compute-endpoint login' once, or "
-                "for cron and CI set GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET (a client identity)"
-            )
-        client = Client(app=app)
-    except (globus_sdk.GlobusError, ValueError) as err:
-        raise EndpointUnhealthy(
-            f"endpoint {endpoint_id}: cannot reach the Globus Compute service ({type(err).__name__}: {err}); "
-            "check the network and the credentials"
-        ) from err
-    return Executor(endpoint_id=endpoint_id, client=client)
-
-
-@contextlib.contextmanager
-def open_executor(*, endpoint: str | None = None, site: str = "local", workers: int = 2) -> Iterator[cf.Executor]:
-    """The executor of a check target: a Globus Compute endpoint, this machine, or a site.
-
-    Args:
-        endpoint: a Globus Compute endpoint UUID (needs Globus credentials and the network).
-        site: ``local`` (the embedded parsl engine, `faasctl.engine.local_executor`) or a
-            site of the registry (`faasctl.sites.load_site`), reached in direct mode
-            (``faasctl.deploy.direct.site_executor``: the site's endpoint engine, no cloud).
-        workers: local worker processes.
-
-    Raises:
-        SiteConfigError: an unknown site.
-    """
-    with contextlib.ExitStack() as stack:
-        if endpoint is not None:
-            made: Any = globus_executor(endpoint)
-        elif site == "local":
-            from faasctl.engine import local_executor
-
-            made = local_executor(workers)
-        else:
-            from faasctl.deploy.direct import site_executor
-            from faasctl.sites import load_site
-
-            made = site_executor(load_site(site))
-        if isinstance(made, cf.Executor):
-            # do not wait for tasks that hang: that is what the check reports
-            stack.callback(made.shutdown, wait=False, cancel_futures=True)
-            yield made
-        else:
-            yield stack.enter_context(made)
-
-
 def check_target(
     *, endpoint: str | None = None, site: str = "local", suite: str = "quick", timeout: float = 120.0,
     start_timeout: float = 300.0, backend: str = "numpy",
 ) -> CheckReport:
     """Open the target's executor, run the suite and return the report (what ``faasctl check`` does)."""
     target = f"endpoint {endpoint}" if endpoint else f"site {site}"
-    with open_executor(endpoint=endpoint, site=site) as executor:
+    with open_executor(endpoint=endpoint, site=site, workers=2, wait_on_exit=False) as executor:
         return run_check(executor, target=target, suite=suite, timeout=timeout, start_timeout=start_timeout,
                          backend=backend)
 
@@ -487,7 +420,7 @@ def _versions() -> dict[str, str | None]:
 def _reference_fits(pallet: Pallet, names: Sequence[str], *, carry_operations: bool) -> list[ReferenceFit]:
     import pyhf
 
-    from faasctl.backends.numpy import pyhf_hypotest
+    from faasctl.study import pyhf_hypotest
 
     pyhf.set_backend("numpy")  # pyhf's defaults: numpy tensors, scipy's SLSQP
     fits = []
@@ -549,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m faasctl.check --regenerate [--suite quick|full]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m faasctl.check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m faasctl.check.core", description=__doc__.split("\n\n")[0])
     parser.add_argument("--regenerate", action="store_true", required=True,
                         help="recompute the reference CLs with plain pyhf and rewrite faasctl/reference/*.json")
     parser.add_argument("--suite", choices=list(SUITES), default="quick")

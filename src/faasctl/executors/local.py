@@ -2,7 +2,7 @@
 
 Both are parsl ``HighThroughputExecutor`` s, the engine under Globus Compute (funcX)
 endpoints, driven by a private parsl DataFlowKernel and wrapped as a plain
-`concurrent.futures.Executor` so `faasctl.client.FitClient` treats them like Globus
+`concurrent.futures.Executor` so `faasctl.scan.client.FitClient` treats them like Globus
 Compute's own ``Executor``.
 """
 
@@ -19,17 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["ParslExecutor", "local_executor", "WORKER_ENV"]
+from faasctl.study import WORKER_ENV
+
+__all__ = ["ParslExecutor", "local_executor"]
 
 log = logging.getLogger(__name__)
-
-#: One thread per worker process: the workers already use every core.
-WORKER_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-}
 
 
 def worker_init_exports(extra: dict[str, str] | None = None) -> str:

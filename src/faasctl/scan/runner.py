@@ -10,11 +10,11 @@ from typing import Iterator, Sequence
 from jsonpatch import JsonPatchException
 from jsonpointer import JsonPointerException
 
-from faasctl.client import FitClient
+from faasctl.scan.client import FitClient
 from faasctl.exceptions import PatchError
-from faasctl.pallet import Pallet, Patch
-from faasctl.patching import apply_patch_shared
-from faasctl.results import PatchResult, ResultStore
+from faasctl.pallets.load import Pallet, Patch
+from faasctl.pallets.patching import apply_patch_shared
+from faasctl.scan.results import PatchResult, ResultStore
 
 __all__ = ["check_patches", "plan", "run_scan", "pallet_record"]
 

@@ -11,7 +11,7 @@ DataFlowKernel on this host instead of by the endpoint::
 
 Scaling is parsl's ``htex_auto_scale`` strategy, evaluated every ``strategy_period`` (< 1 s):
 a block that ends early (cancelled, preempted, walltime) is replaced while tasks remain,
-and the tasks it was running come back as lost, which `faasctl.client.FitClient` resubmits.
+and the tasks it was running come back as lost, which `faasctl.scan.client.FitClient` resubmits.
 
 The run folder (default ``./runinfo/faasctl-SITE``) holds the batch scripts, the block logs
 and the interchange's keys: the compute nodes must see it, so keep it on a shared file
@@ -26,7 +26,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from faasctl.engine import INTERCHANGE_CMD, ParslExecutor, this_python_first_on_path, worker_init_exports
+from faasctl.executors.local import INTERCHANGE_CMD, ParslExecutor, this_python_first_on_path, worker_init_exports
 from faasctl.exceptions import DeployError
 
 __all__ = ["site_executor", "site_config", "default_run_dir"]
@@ -66,7 +66,7 @@ def site_config(
     from parsl.config import Config
     from parsl.jobs.error_handlers import windowed_error_handler
 
-    from faasctl.render import load_endpoint_config, render_endpoint
+    from faasctl.sites.render import load_endpoint_config, render_endpoint
 
     # The endpoint's own engine, as Globus Compute builds it (a KubernetesProvider uses the
     # real kubeconfig here: direct mode on Kubernetes needs access to the cluster).
@@ -152,15 +152,15 @@ def site_executor(
         failed_blocks: this many failed blocks in a row fail all tasks.
 
     Yields:
-        A `faasctl.engine.ParslExecutor` for `faasctl.client.FitClient` / `faasctl.scan.run_scan`;
+        A `faasctl.executors.local.ParslExecutor` for `faasctl.scan.client.FitClient` / `faasctl.scan.run_scan`;
         its blocks are cancelled when the context exits.
 
     Raises:
         RenderError: the site's endpoint config is refused by Globus Compute's loader.
 
     Example:
-        >>> from faasctl.client import FitClient
-        >>> from faasctl.pallet import load_pallet
+        >>> from faasctl.scan.client import FitClient
+        >>> from faasctl.pallets.load import load_pallet
         >>> from faasctl.sites import load_site
         >>> with site_executor(load_site("slurm")) as ex:  # doctest: +SKIP
         ...     results = list(FitClient(ex).scan(load_pallet("examples/simple")))

@@ -8,13 +8,13 @@ a worker unpacks them, runs the function and packs a ``Result``
 (``globus_compute_endpoint.engines.helper.execute_task``), which travels back to the SDK.
 
 `EngineExecutor` plays the SDK's and the cloud's part of that trip, byte for byte, so the
-functions faasctl sends to endpoints (`faasctl.client.FitClient`, `faasctl.check`) run here
+functions faasctl sends to endpoints (`faasctl.scan.client.FitClient`, `faasctl.check.core`) run here
 exactly as they will on an endpoint, without the cloud: serialization, the worker-side
 unpacking, the engine's error packing and the SDK's ``TaskExecutionFailed`` included.
 
 Example:
-    >>> from faasctl.client import FitClient
-    >>> from faasctl.endpoint_engine import local_engine
+    >>> from faasctl.scan.client import FitClient
+    >>> from faasctl.executors.gc_engine import local_engine
     >>> with local_engine(workers=2) as ex:  # doctest: +SKIP
     ...     results = list(FitClient(ex).scan(pallet))
 """
@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from faasctl.client import executor_capacity, htex_capacity
+from faasctl.executors.capacity import executor_capacity, htex_capacity
 from faasctl.exceptions import ScanError
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class EngineExecutor(cf.Executor):
 
     @property
     def max_workers(self) -> int | None:
-        """Worker slots of the engine, when its size is fixed (see `faasctl.client.executor_capacity`)."""
+        """Worker slots of the engine, when its size is fixed (see `faasctl.executors.capacity.executor_capacity`)."""
         inner = getattr(self.engine, "executor", None)
         if inner is None:
             return None
@@ -177,7 +177,7 @@ def local_engine(
     """
     from globus_compute_endpoint.engines import GlobusComputeEngine
 
-    from faasctl.engine import loopback_options, quiet_parsl
+    from faasctl.executors.local import loopback_options, quiet_parsl
 
     if shutil.which("globus-compute-endpoint") is None:
         raise ScanError("globus-compute-endpoint is not on PATH: activate the environment faasctl is installed in")

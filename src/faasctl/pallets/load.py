@@ -17,7 +17,7 @@ memory (nothing is unpacked to disk), and links, device files, paths that leave 
 and members that unpack to more than `MAX_MEMBER_BYTES` are refused.
 
 Example:
-    >>> from faasctl.pallet import load_pallet
+    >>> from faasctl.pallets.load import load_pallet
     >>> pallet = load_pallet("SUSY-2018-04_likelihoods.tar.gz", region="Region-combined")  # doctest: +SKIP
     >>> pallet.layout, len(pallet), pallet.patches["DS_400_40_Staus"].values  # doctest: +SKIP
     ('patch files', 57, (400.0, 40.0))
@@ -50,7 +50,6 @@ __all__ = [
     "load_pallet",
     "apply_patch",
     "values_from_name",
-    "MODIFIER_SETTINGS",
     "workspace_digest",
     "LAYOUT_PATCHSET",
     "LAYOUT_PATCH_FILES",
@@ -58,11 +57,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The interpolation codes of the published study (and of ATLAS likelihoods in general).
-MODIFIER_SETTINGS: dict[str, dict[str, str]] = {
-    "normsys": {"interpcode": "code4"},
-    "histosys": {"interpcode": "code4p"},
-}
 
 LAYOUT_PATCHSET = "patchset"
 LAYOUT_PATCH_FILES = "patch files"

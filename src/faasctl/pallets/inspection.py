@@ -11,8 +11,8 @@ each channel has, the data shapes, the POI), since whether a model builds depend
 and not on which sample carries which modifier, nor on the numbers.
 
 Example:
-    >>> from faasctl.inspect import inspect_pallet
-    >>> from faasctl.pallet import load_pallet
+    >>> from faasctl.pallets.inspection import inspect_pallet
+    >>> from faasctl.pallets.load import load_pallet
     >>> report = inspect_pallet(load_pallet("examples/simple"))  # doctest: +SKIP
     >>> report.shared_structure, report.failed  # doctest: +SKIP
     (True, {})
@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from faasctl.exceptions import PalletError
-from faasctl.pallet import MODIFIER_SETTINGS, Pallet, Patch, apply_patch
+from faasctl.study import MODIFIER_SETTINGS
+from faasctl.pallets.load import Pallet, Patch, apply_patch
 
 __all__ = [
     "structure_key",

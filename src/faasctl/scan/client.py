@@ -1,9 +1,9 @@
 """The analyst's API: send a pallet's patch fits to any executor and stream the results.
 
 Example:
-    >>> from faasctl.client import FitClient
-    >>> from faasctl.engine import local_executor
-    >>> from faasctl.pallet import load_pallet
+    >>> from faasctl.scan.client import FitClient
+    >>> from faasctl.executors.local import local_executor
+    >>> from faasctl.pallets.load import load_pallet
     >>> pallet = load_pallet("examples/simple")  # doctest: +SKIP
     >>> with local_executor(workers=2) as ex:  # doctest: +SKIP
     ...     for result in FitClient(ex).scan(pallet):
@@ -11,9 +11,9 @@ Example:
 
 The executor is any `concurrent.futures.Executor` whose workers have faasctl installed:
 Globus Compute's ``Executor(endpoint_id=...)``, the embedded parsl engine
-(`faasctl.engine.local_executor`), a direct-mode site engine
-(``faasctl.deploy.direct.site_executor``), a Globus Compute engine driven locally
-(`faasctl.endpoint_engine.EngineExecutor`) or a plain thread or process pool.
+(`faasctl.executors.local.local_executor`), a direct-mode site engine
+(``faasctl.executors.site.site_executor``), a Globus Compute engine driven locally
+(`faasctl.executors.gc_engine.EngineExecutor`) or a plain thread or process pool.
 
 How a scan travels:
 
@@ -21,7 +21,7 @@ How a scan travels:
   soon as one finishes, and results are yielded in the order they finish.
 * The background workspace (often MB-sized) is shipped once per worker, not once per patch:
   the first few tasks carry it (twice the executor's worker count when it says, else the
-  whole first window) and workers keep it (`faasctl.worker`). A task that lands on a worker
+  whole first window) and workers keep it (`faasctl.scan.worker`). A task that lands on a worker
   without it comes back as ``need-background`` and is resent with it (a *bounce*).
 * A task lost to infrastructure (worker killed, block cancelled, node lost: the future
   raises) is resubmitted up to ``retries`` times. A fit that fails is a result, not a loss:
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -50,15 +49,16 @@ from typing import Any, Callable, Iterator, Sequence
 from pydantic import ValidationError
 
 from faasctl.exceptions import ScanError
-from faasctl.pallet import Pallet, Patch
-from faasctl.results import PatchResult
-from faasctl.worker import NEED_BACKGROUND, fit_patch
+from faasctl.executors.capacity import executor_capacity
+from faasctl.pallets.load import Pallet, Patch
+from faasctl.scan.results import PatchResult
+from faasctl.scan.worker import NEED_BACKGROUND, fit_patch
 
-__all__ = ["FitClient", "TaskFunction", "run_batch", "executor_capacity", "htex_capacity", "error_text"]
+__all__ = ["FitClient", "TaskFunction", "run_batch", "error_text"]
 
 log = logging.getLogger(__name__)
 
-#: What runs on a worker: a task dict in, a result record (`faasctl.results.PatchResult`) out.
+#: What runs on a worker: a task dict in, a result record (`faasctl.scan.results.PatchResult`) out.
 TaskFunction = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -69,33 +69,6 @@ def run_batch(function: TaskFunction, tasks: list[dict[str, Any]]) -> list[dict[
     others, which run on the same worker.
     """
     return [function(task) for task in tasks]
-
-
-def executor_capacity(executor: cf.Executor) -> int | None:
-    """How many tasks ``executor`` runs at once, when it says; None when it does not.
-
-    Understands ``max_workers`` / ``_max_workers`` (the standard pools, `EngineExecutor`)
-    and a parsl ``HighThroughputExecutor`` behind `faasctl.engine.ParslExecutor`.
-    """
-    for attr in ("max_workers", "_max_workers"):
-        n = getattr(executor, attr, None)
-        if isinstance(n, int) and n > 0:
-            return n
-    dfk = getattr(executor, "dfk", None)
-    if dfk is not None:
-        return htex_capacity(dfk.executors.get(getattr(executor, "label", None)))
-    return None
-
-
-def htex_capacity(htex: Any) -> int | None:
-    """Worker slots of a parsl ``HighThroughputExecutor`` when its size is fixed, else None."""
-    per_node = getattr(htex, "max_workers_per_node", None)
-    provider = getattr(htex, "provider", None)
-    if not isinstance(per_node, (int, float)) or not math.isfinite(per_node) or provider is None:
-        return None
-    blocks = getattr(provider, "max_blocks", 1) or 1
-    nodes = getattr(provider, "nodes_per_block", 1) or 1
-    return max(1, int(per_node) * int(blocks) * int(nodes))
 
 
 @dataclass(eq=False)
@@ -135,7 +108,7 @@ class FitClient:
             ``max_in_flight``). ``0`` ships it only when a worker asks.
         function: the task function (tests and health checks swap it); it takes a task
             dict and returns a record, or ``{"status": "need-background"}``, like
-            `faasctl.worker.fit_patch`.
+            `faasctl.scan.worker.fit_patch`.
 
     Attributes:
         background_sends: tasks that carried the background, since the client was made.

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from faasctl.engine import WORKER_ENV
+from faasctl.study import WORKER_ENV
 from faasctl.exceptions import MissingExtra, RenderError
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def endpoint_templates_dir() -> Path:
     if packaged.is_dir():
         return packaged
     # editable install: src/faasctl/render.py -> repository root
-    return Path(__file__).resolve().parents[2] / "endpoint_templates"
+    return Path(__file__).resolve().parents[3] / "endpoint_templates"
 
 
 # ---------------------------------------------------------------------------- pass 1
@@ -161,7 +161,7 @@ def _jinja_env() -> Any:
 def _worker_init(site: SiteRecord) -> str:
     exports = "\n".join(f"export {key}={shlex.quote(value)}" for key, value in WORKER_ENV.items())
     lines = [site.worker_init.rstrip("\n")] if site.worker_init.strip() else []
-    lines += ["# faasctl: one thread per worker process (faasctl.engine.WORKER_ENV)", exports]
+    lines += ["# faasctl: one thread per worker process (faasctl.executors.local.WORKER_ENV)", exports]
     return "\n".join(lines) + "\n"
 
 

@@ -38,10 +38,10 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
             "backend"}``.
 
     Returns:
-        A result record (see `faasctl.results.PatchResult`) as a plain dict.
+        A result record (see `faasctl.scan.results.PatchResult`) as a plain dict.
     """
     from faasctl.backends import get_backend
-    from faasctl.pallet import Patch
+    from faasctl.pallets.load import Patch
 
     digest = task["digest"]
     if task.get("background") is not None:

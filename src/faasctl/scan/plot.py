@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from faasctl.results import PatchResult
+from faasctl.scan.results import PatchResult
 
 __all__ = ["exclusion_plot"]
 

@@ -1,0 +1,5 @@
+import sys
+
+from faasctl.check.core import main
+
+sys.exit(main())
