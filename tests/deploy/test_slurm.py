@@ -24,7 +24,7 @@ from faasctl.executors.site import site_executor
 from faasctl.study import WORKER_ENV
 from faasctl.pallets.load import Pallet, apply_patch, load_pallet
 from faasctl.scan.results import PatchResult, ResultStore
-from faasctl.scan.runner import pallet_record, plan, run_scan
+from faasctl.scan.runner import Scan, pallet_record, run_scan
 from faasctl.sites import load_site
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
@@ -103,8 +103,8 @@ def test_scan_through_slurm_blocks_matches_pyhf(pallet: Pallet, reference: dict[
 def test_cancelled_block_loses_nothing_and_resume_completes(pallet: Pallet, reference: dict[str, Any],
                                                             tmp_path: Path) -> None:
     out = tmp_path / "results"
-    store = ResultStore(out, pallet_record(pallet))
-    todo = plan(pallet, store).todo
+    first = Scan(pallet, out)
+    store, todo = first.store, first.todo
     assert len(todo) == 12
     site = _site(max_blocks=1)
 
@@ -141,12 +141,11 @@ def test_cancelled_block_loses_nothing_and_resume_completes(pallet: Pallet, refe
         _agrees(result, reference)
 
     # rerun: resume from the results file, fit only what is missing
-    store = ResultStore(out, pallet_record(pallet))
-    resumed = plan(pallet, store)
+    resumed = Scan(pallet, out)
     assert set(resumed.skipped) == done
     assert {p.name for p in resumed.todo} == set(pallet.patches) - done
     with site_executor(site, run_dir=tmp_path / "runinfo", **FAST) as executor:
-        rest = list(run_scan(pallet, resumed.todo, store, executor))
+        rest = list(resumed.run(executor))
     assert {r.patch for r in rest} == set(pallet.patches) - done
 
     final = ResultStore(out, pallet_record(pallet)).results

@@ -53,40 +53,36 @@ def fit(
 
       faasctl fit examples/simple --site river --direct
     """
-    from faasctl.executors import describe_target, open_executor
     from faasctl.exceptions import SiteConfigError
-    from faasctl.pallets.load import load_pallet
-    from faasctl.scan.results import ResultStore
-    from faasctl.scan.runner import pallet_record, plan, run_scan
+    from faasctl.executors import describe_target, open_executor
+    from faasctl.scan.runner import Scan
 
     if direct == (site == "local" and site_file is None):
         raise SiteConfigError(f"site {site!r}: use --site NAME --direct for a site's own blocks, or the default 'local' without --direct")
     site_record = options.resolve_site(site, site_file, set_) if direct else None
 
     with console.status(f"Reading {pallet} …"):
-        loaded = load_pallet(pallet, region=region, ignore_digest=ignore_digest, labels=labels)
-    out = out or Path("results") / (_pallet_stem(pallet) + (f"-{loaded.region}" if loaded.region else ""))
-    store = ResultStore(out, pallet_record(loaded), force=force)
-    todo = plan(loaded, store, patch)
-    if todo.skipped:
-        console.print(f"Resuming: {len(todo.skipped)} patches already in {store.json_path}, {len(todo.todo)} to fit.")
+        scan = Scan(pallet, out, patches=patch, force=force, region=region, ignore_digest=ignore_digest, labels=labels)
+    store = scan.store
+    if scan.skipped:
+        console.print(f"Resuming: {len(scan.skipped)} patches already in {store.json_path}, {len(scan.todo)} to fit.")
 
     target = site_record if site_record is not None else "local"
     engine, where = open_executor(site=target, workers=workers), describe_target(site=target, workers=workers)
     start = time.perf_counter()
-    if todo.todo:
+    if scan.todo:
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             TextColumn("[red]{task.fields[failed]}"), console=console, transient=False,
         ) as progress:
-            bar = progress.add_task(f"Fitting on {where}", total=len(todo.todo), rate="", failed="")
+            bar = progress.add_task(f"Fitting on {where}", total=len(scan.todo), rate="", failed="")
             progress.update(bar, description="Starting workers")
             failed = 0
             try:
                 with engine as executor:
                     progress.update(bar, description=f"Fitting ({backend.value}, {where})")
-                    results = run_scan(loaded, todo.todo, store, executor, backend=backend.value, timeout=timeout)
+                    results = scan.run(executor, backend=backend.value, timeout=timeout)
                     for i, result in enumerate(results, 1):
                         failed += not result.ok
                         elapsed = time.perf_counter() - start
@@ -99,9 +95,8 @@ def fit(
                 raise typer.Exit(130) from None
     wall = time.perf_counter() - start
 
-    selected = {p.name for p in loaded.select(patch)}
-    results = [r for r in store.results.values() if r.patch in selected]
-    _print_table(results, loaded.labels)
+    results = scan.results
+    _print_table(results, scan.pallet.labels)
     n_ok = sum(r.ok for r in results)
     n_failed = len(results) - n_ok
     console.print(
@@ -109,9 +104,7 @@ def fit(
         highlight=False,
     )
     if plot:
-        from faasctl.scan.plot import exclusion_plot
-
-        png = exclusion_plot(list(store.results.values()), loaded.labels, out / "exclusion.png", title=_pallet_stem(pallet))
+        png = scan.plot()
         if png:
             console.print(f"Exclusion plot → {png}")
     if n_failed:
@@ -119,13 +112,6 @@ def fit(
             if not r.ok:
                 console.print(f"[red]failed[/] {r.patch}: {r.error}", highlight=False)
         raise typer.Exit(1)
-
-
-def _pallet_stem(path: Path) -> str:
-    name = path.resolve().name
-    for suffix in (".tar.gz", ".tgz", ".tar"):
-        name = name.removesuffix(suffix)
-    return name
 
 
 def _print_table(results: list, labels: list[str], limit: int = 40) -> None:

@@ -13,7 +13,7 @@ def executor_capacity(executor: cf.Executor) -> int | None:
     """How many tasks ``executor`` runs at once, when it says; None when it does not.
 
     Understands ``max_workers`` / ``_max_workers`` (the standard pools, `EngineExecutor`)
-    and a parsl ``HighThroughputExecutor`` behind `faasctl.executors.local.ParslExecutor`.
+    and a parsl ``HighThroughputExecutor`` behind `faasctl.executors.parsl.ParslExecutor`.
     """
     for attr in ("max_workers", "_max_workers"):
         n = getattr(executor, attr, None)

@@ -177,7 +177,7 @@ def local_engine(
     """
     from globus_compute_endpoint.engines import GlobusComputeEngine
 
-    from faasctl.executors.local import loopback_options, quiet_parsl
+    from faasctl.executors.parsl import loopback_options, quiet_parsl
 
     if shutil.which("globus-compute-endpoint") is None:
         raise ScanError("globus-compute-endpoint is not on PATH: activate the environment faasctl is installed in")

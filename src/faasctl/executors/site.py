@@ -26,7 +26,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from faasctl.executors.local import INTERCHANGE_CMD, ParslExecutor, this_python_first_on_path, worker_init_exports
+from faasctl.executors.parsl import INTERCHANGE_CMD, ParslExecutor, this_python_first_on_path, worker_init_exports
 from faasctl.exceptions import DeployError
 
 __all__ = ["site_executor", "site_config", "default_run_dir"]
@@ -152,7 +152,7 @@ def site_executor(
         failed_blocks: this many failed blocks in a row fail all tasks.
 
     Yields:
-        A `faasctl.executors.local.ParslExecutor` for `faasctl.scan.client.FitClient` / `faasctl.scan.run_scan`;
+        A `faasctl.executors.parsl.ParslExecutor` for `faasctl.scan.client.FitClient` / `faasctl.scan.run_scan`;
         its blocks are cancelled when the context exits.
 
     Raises:

@@ -7,6 +7,6 @@
 
 from faasctl.scan.client import FitClient
 from faasctl.scan.results import PatchResult, ResultStore
-from faasctl.scan.runner import run_scan
+from faasctl.scan.runner import Scan, run_scan
 
-__all__ = ["FitClient", "PatchResult", "ResultStore", "run_scan"]
+__all__ = ["FitClient", "PatchResult", "ResultStore", "Scan", "run_scan"]

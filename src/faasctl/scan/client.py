@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterator, Sequence
 from pydantic import ValidationError
 
 from faasctl.exceptions import ScanError
+from faasctl.study import DEFAULT_BACKEND
 from faasctl.executors.capacity import executor_capacity
 from faasctl.pallets.load import Pallet, Patch
 from faasctl.scan.results import PatchResult
@@ -95,7 +96,8 @@ class FitClient:
 
     Args:
         executor: any `concurrent.futures.Executor` whose workers have faasctl installed.
-        backend: the fit backend on the workers (``numpy``, ``jax`` or ``auto``).
+        backend: the fit backend on the workers (``auto``, the default: compiled jax with a per-patch
+            fallback to plain pyhf; ``numpy``: plain pyhf; ``jax``).
         max_in_flight: tasks submitted but not finished at once; a window keeps memory
             flat for large pallets and lets a slow worker's backlog drain elsewhere.
         timeout: seconds a patch may take, counted as described in the module docstring;
@@ -121,7 +123,7 @@ class FitClient:
         self,
         executor: cf.Executor,
         *,
-        backend: str = "numpy",
+        backend: str = DEFAULT_BACKEND,
         max_in_flight: int = 64,
         timeout: float | None = None,
         retries: int = 2,
