@@ -49,9 +49,16 @@ def no_admin_sites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _core(files: dict[str, str]) -> Any:
-    from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
+    """config.yaml loaded by Globus Compute; a privileged one reads the mapping file rendered beside it."""
+    import tempfile
 
-    return load_config_yaml(files["config.yaml"])
+    from globus_compute_endpoint.endpoint.config.utils import get_config
+
+    from faasctl.sites.render import _with_local_mapping
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_endpoint(_with_local_mapping(files, Path(tmp)), tmp, validate=False)
+        return get_config(Path(tmp))
 
 
 @pytest.fixture
@@ -92,6 +99,7 @@ def test_shipped_site_renders_and_loads(name: str, loaded: Any) -> None:
     # the largest values the schema allows render and load too
     schema = json.loads(files["user_config_schema.json"])
     at_bounds = {key: spec["maximum"] for key, spec in schema["properties"].items() if "maximum" in spec}
+    at_bounds |= {key: "proj1" for key in schema.get("required", [])}  # account, where the facility requires one
     provider = loaded(files, at_bounds).engine.executor.provider
     assert provider.max_blocks == site.provider.max_blocks
 
@@ -239,7 +247,7 @@ def test_site_name_comes_from_the_header_without_a_record() -> None:
     ("override", "field", "detail"),
     [
         ("provider.options.max_blokcs=8", "provider.options.max_blokcs = 8", "unexpected keyword argument"),
-        ("provider.options.cmd_timeout=abc", "provider.options.cmd_timeout = 'abc'", "not an instance of int"),
+        ("provider.options.mem_per_node=abc", "provider.options.mem_per_node = 'abc'", "is not an instance of int"),
         ("provider.launcher.bind_cmd=--cpu-bind", "provider.launcher.bind_cmd = '--cpu-bind'", "SrunLauncher"),
         ("engine.options.encrypted=maybe", "engine.options.encrypted = 'maybe'", "not an instance of bool"),
     ],
@@ -280,8 +288,29 @@ def test_user_values_reach_the_provider(loaded: Any) -> None:
     provider = config.engine.executor.provider
     assert (provider.account, provider.max_blocks, provider.walltime) == ("abc123", 2, "01:45:00")
     assert config.engine.executor.max_workers_per_node == 16
-    default = loaded(files).engine.executor.provider
-    assert (default.account, default.max_blocks, default.walltime) == (None, 4, "02:00:00")
+    default = loaded(files, {"account": "abc123"}).engine.executor.provider
+    assert (default.account, default.max_blocks, default.walltime) == ("abc123", 4, "02:00:00")
+
+
+def test_a_required_account_must_be_sent() -> None:
+    """Expanse and Polaris refuse jobs without an account: the schema makes users name one."""
+    for name in ("expanse", "polaris"):
+        files = render_endpoint(load_site(name))
+        assert json.loads(files["user_config_schema.json"])["required"] == ["account"]
+        with pytest.raises(RenderError, match=f"site '{name}': .*'account' is a required property"):
+            validate_endpoint(files, {})
+    # a site default satisfies it: the schema no longer requires the option
+    files = render_endpoint(load_site("expanse", overrides=["provider.account=abc123"]))
+    assert "required" not in json.loads(files["user_config_schema.json"])
+    validate_endpoint(files, {})
+
+
+def test_polaris_queue_is_the_users_choice_within_the_sites_list(loaded: Any) -> None:
+    files = render_endpoint(load_site("polaris"))
+    assert loaded(files, {"account": "P"}).engine.executor.provider.queue == "debug"
+    assert loaded(files, {"account": "P", "queue": "prod"}).engine.executor.provider.queue == "prod"
+    with pytest.raises(RenderError, match="user option queue = 'demand' refused"):
+        validate_endpoint(files, {"account": "P", "queue": "demand"})
 
 
 def test_site_account_is_the_default_and_users_may_override_it(loaded: Any) -> None:
@@ -333,7 +362,7 @@ def test_site_values_are_not_templates_for_the_endpoint(loaded: Any) -> None:
 
 
 def test_missing_interface_is_resolved_on_the_endpoint_host(loaded: Any) -> None:
-    files = render_endpoint(load_site("expanse", overrides=["engine.interface=faasctl-no-such-if0"]))
+    files = render_endpoint(load_site("river", overrides=["engine.interface=faasctl-no-such-if0"]))
     assert "ifname: \"faasctl-no-such-if0\"" in files["user_config_template.yaml.j2"]
     assert loaded(files).engine.executor.address == "127.0.0.1"
 
@@ -380,6 +409,10 @@ class Result:
 
 
 Check = Callable[[Result], Any]
+UUID_A, UUID_B = "11111111-2222-4333-8444-555555555555", "66666666-7777-4888-9999-aaaaaaaaaaaa"
+#: a privileged river endpoint: UChicago identities run as the local user of the same name
+UCHICAGO_RULE = "[{DATA_TYPE: expression_identity_mapping#1.0.0, mappings: [{source: '{username}', match: '(.*)@uchicago\\.edu', output: '{0}'}]}]"
+PRIVILEGED = ["endpoint.privileged=true", "endpoint.email=admin@uchicago.edu", f"endpoint.identity_mapping={UCHICAGO_RULE}"]
 #: field (as _field_paths names it) -> (site, --set overrides, check on the loaded endpoint)
 FIELD_CASES: dict[str, tuple[str, list[str], Check]] = {
     "name": ("local", ["name=local-b"], lambda r: "# faasctl-site: local-b" in r.files["config.yaml"]),
@@ -389,6 +422,26 @@ FIELD_CASES: dict[str, tuple[str, list[str], Check]] = {
     "endpoint.identity_mapping_config_path": (  # the file must exist: see test_identity_mapping_file_must_exist
         "local", [f"endpoint.identity_mapping_config_path={Path(__file__)}"],
         lambda r: r.core.identity_mapping_config_path == Path(__file__),
+    ),
+    "facility": ("polaris", [], lambda r: r.site.facility == "polaris"),  # its rules: tests/test_lint.py
+    "endpoint.privileged": ("river", PRIVILEGED, lambda r: r.core.email == "admin@uchicago.edu"),
+    "endpoint.email": ("river", PRIVILEGED, lambda r: r.core.email == "admin@uchicago.edu"),
+    "endpoint.identity_mapping": (
+        "river", PRIVILEGED, lambda r: json.loads(r.files["identity_mapping_config.json"])[0]["mappings"][0]["match"] == "(.*)@uchicago\\.edu",
+    ),
+    "endpoint.admins": ("local", [f"endpoint.admins=[{UUID_A}]", f"endpoint.subscription_id={UUID_B}"], lambda r: r.core.admins == (UUID_A,)),
+    "endpoint.allowed_functions": ("local", [f"endpoint.allowed_functions=[{UUID_A}]"], lambda r: r.core.allowed_functions == (UUID_A,)),
+    "endpoint.authentication_policy": ("local", [f"endpoint.authentication_policy={UUID_A}"], lambda r: r.core.authentication_policy == UUID_A),
+    "endpoint.subscription_id": ("local", [f"endpoint.subscription_id={UUID_B}"], lambda r: r.core.subscription_id == UUID_B),
+    "endpoint.public": ("local", ["endpoint.public=true"], lambda r: r.core.public is True),
+    "endpoint.high_assurance": (
+        "local", ["endpoint.high_assurance=true", f"endpoint.subscription_id={UUID_B}", f"endpoint.authentication_policy={UUID_A}"],
+        lambda r: r.core.high_assurance is True,
+    ),
+    "endpoint.audit_log_path": ("river", [*PRIVILEGED, "endpoint.audit_log_path=/var/log/gc-audit.log"], lambda r: str(r.core.audit_log_path) == "/var/log/gc-audit.log"),
+    "endpoint.pam.enable": ("river", [*PRIVILEGED, "endpoint.pam.enable=true"], lambda r: r.core.pam.enable is True),
+    "endpoint.pam.service_name": (
+        "river", [*PRIVILEGED, "endpoint.pam.service_name=gce"], lambda r: r.core.pam.service_name == "gce",
     ),
     "endpoint.idle_heartbeats_soft": ("local", ["endpoint.idle_heartbeats_soft=3"], lambda r: r.config.idle_heartbeats_soft == 3),
     "endpoint.idle_heartbeats_hard": ("local", ["endpoint.idle_heartbeats_hard=7"], lambda r: r.config.idle_heartbeats_hard == 7),
@@ -418,7 +471,13 @@ for _type, _site in (("SlurmProvider", "slurm"), ("PBSProProvider", "polaris")):
     FIELD_CASES |= {
         f"provider[{_type}].walltime": (_site, ["provider.walltime=00:45:00"], lambda r: r.provider.walltime == "00:45:00"),
         f"provider[{_type}].account": (_site, ["provider.account=proj1"], lambda r: r.provider.account == "proj1"),
-        f"provider[{_type}].scheduler_options": (_site, ["provider.scheduler_options='#X --opt'"], lambda r: "#X --opt" in r.provider.scheduler_options),
+        f"provider[{_type}].scheduler_options": (
+            _site, ["provider.scheduler_options='#X --opt'", "container=null", "image=null"], lambda r: "#X --opt" in r.provider.scheduler_options,
+        ),
+        f"provider[{_type}].cmd_timeout": (_site, ["provider.cmd_timeout=300"], lambda r: r.provider.cmd_timeout == 300),
+        f"provider[{_type}].account_required": (
+            _site, ["provider.account_required=true"], lambda r: json.loads(r.files["user_config_schema.json"])["required"] == ["account"],
+        ),
         f"provider[{_type}].launcher.type": (_site, ["provider.launcher={type: SimpleLauncher}"], lambda r: type(r.provider.launcher).__name__ == "SimpleLauncher"),
         f"provider[{_type}].launcher.overrides": (
             _site, ["provider.launcher={type: SrunLauncher, overrides: --exclusive}"], lambda r: r.provider.launcher.overrides == "--exclusive",
@@ -434,7 +493,13 @@ FIELD_CASES |= {
     "provider[SlurmProvider].exclusive": ("slurm", ["provider.exclusive=true"], lambda r: r.provider.exclusive is True),
     "provider[PBSProProvider].queue": ("polaris", ["provider.queue=prod"], lambda r: r.provider.queue == "prod"),
     "provider[PBSProProvider].cpus_per_node": ("polaris", ["provider.cpus_per_node=32"], lambda r: r.provider.cpus_per_node == 32),
-    "provider[PBSProProvider].select_options": ("polaris", ["provider.select_options=ngpus=2"], lambda r: r.provider.select_options == "ngpus=2"),
+    "provider[PBSProProvider].select_options": (
+        "polaris", ["provider.select_options=ngpus=2:system=polaris"], lambda r: r.provider.select_options == "ngpus=2:system=polaris",
+    ),
+    "provider[PBSProProvider].queues": ("polaris", ["provider.queues=[prod]"], lambda r: r.provider.queue == "debug" and '"prod"' in r.files["user_config_schema.json"]),
+    "provider[KubernetesProvider].user_id": ("kubernetes", ["provider.user_id=2000"], lambda r: r.provider.user_id == "2000"),
+    "provider[KubernetesProvider].group_id": ("kubernetes", ["provider.group_id=3000"], lambda r: r.provider.group_id == "3000"),
+    "provider[KubernetesProvider].run_as_non_root": ("kubernetes", [], lambda r: r.provider.run_as_non_root is True),
     "provider[KubernetesProvider].namespace": ("kubernetes", ["provider.namespace=hep"], lambda r: r.provider.namespace == "hep"),
     "provider[KubernetesProvider].init_cpu": ("kubernetes", ["provider.init_cpu=0.5"], lambda r: r.provider.init_cpu == 0.5),
     "provider[KubernetesProvider].max_cpu": ("kubernetes", ["provider.max_cpu=3"], lambda r: r.provider.max_cpu == 3),

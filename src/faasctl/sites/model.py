@@ -16,12 +16,14 @@ from __future__ import annotations
 import math
 import re
 from typing import Annotated, Any, Literal, Union
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 __all__ = [
     "SiteRecord",
     "EndpointSettings",
+    "PamSettings",
     "EngineSettings",
     "ContainerSettings",
     "LauncherSettings",
@@ -41,6 +43,11 @@ PROVIDER_FAMILIES = {
     "KubernetesProvider": "kubernetes",
     "LocalProvider": "local",
 }
+
+#: the identity mapping file written into the endpoint folder (Globus Compute's own default name)
+IDENTITY_MAPPING_FILE = "identity_mapping_config.json"
+#: facilities with rules in ``faasctl.sites.lint``
+FACILITIES = ("polaris", "perlmutter", "expanse")
 
 # Slurm/PBS walltime: [D-]HH:MM:SS or MM:SS
 WALLTIME_PATTERN = r"^(\d+-)?\d{1,3}:[0-5]\d(:[0-5]\d)?$"
@@ -105,6 +112,12 @@ class _Blocks(_Model):
 class _Batch(_Blocks):
     walltime: str = Field(default="01:00:00", description="wall time of one block, HH:MM:SS (quote it)")
     account: str | None = Field(default=None, description="allocation charged; null: users name theirs (user option 'account') or the scheduler's default")
+    account_required: bool = Field(
+        default=False, description="the scheduler refuses jobs without an account: with account null, users must send 'account'"
+    )
+    cmd_timeout: int = Field(
+        default=120, ge=1, description="seconds parsl waits for sbatch/qsub/squeue/qstat (parsl's default, 10 s, is short for busy schedulers)"
+    )
     scheduler_options: str = Field(default="", description="extra lines for the batch script header (#SBATCH / #PBS ...)")
 
     @field_validator("walltime")
@@ -140,9 +153,18 @@ class PBSProSettings(_Batch):
 
     type: Literal["PBSProProvider"]
     queue: str | None = Field(default=None, description="queue; null: the server's default queue")
+    queues: list[str] = Field(
+        default_factory=list, description="further queues users may pick (user option 'queue'); the site's queue stays the default"
+    )
     cpus_per_node: int = Field(default=1, ge=1, description="ncpus in the select statement")
     select_options: str = Field(default="", description="more select resources, e.g. ngpus=4")
     launcher: LauncherSettings = Field(default_factory=lambda: LauncherSettings(type="SingleNodeLauncher"))
+
+    @model_validator(mode="after")
+    def _queues_need_a_default(self) -> PBSProSettings:
+        if self.queues and self.queue is None:
+            raise FieldError("provider.queue", None, "provider.queues lists the choices; provider.queue must name the default")
+        return self
 
 
 class KubernetesSettings(_Blocks):
@@ -156,6 +178,9 @@ class KubernetesSettings(_Blocks):
     max_mem: str = Field(default="2Gi", description="memory limit of a worker pod")
     secret: str | None = Field(default=None, description="image pull secret")
     service_account_name: str | None = Field(default=None, description="service account of the worker pods")
+    user_id: int | None = Field(default=1000, ge=1, description="uid the worker container runs as (securityContext.runAsUser)")
+    group_id: int | None = Field(default=1000, ge=1, description="gid the worker container runs as (securityContext.runAsGroup)")
+    run_as_non_root: bool = Field(default=True, description="refuse to start a worker container as root (securityContext.runAsNonRoot)")
 
     @field_validator("init_blocks")
     @classmethod
@@ -212,14 +237,69 @@ class EngineSettings(_Model):
         return self
 
 
+class PamSettings(_Model):
+    """PAM authorisation of each user endpoint start (Globus Compute ``PamConfiguration``)."""
+
+    enable: bool = Field(default=True, description="open a PAM session (account and session checks) for each user endpoint")
+    service_name: str = Field(default="globus-compute-endpoint", description="the PAM service in /etc/pam.d/")
+
+
 class EndpointSettings(_Model):
-    """Endpoint-level settings: the core ``config.yaml`` and the user endpoint's idle timers."""
+    """Endpoint-level settings: the core ``config.yaml`` and the user endpoint's idle timers.
+
+    A *privileged* endpoint is Globus Compute's multi-user endpoint: it runs as root, maps
+    each Globus identity that sends tasks to a local account (``identity_mapping``) and
+    starts one user endpoint per mapped account, as that account. Without ``privileged``
+    the endpoint runs as whoever starts it and accepts only its owner's tasks.
+    """
 
     display_name: str | None = Field(default=None, description="name shown in the Globus web app")
     amqp_port: Literal[443, 5671, 5672] | None = Field(default=None, description="port to the Globus Compute service; 443 where 5671 is blocked")
-    identity_mapping_config_path: str | None = Field(default=None, description="identity mapping file, needed when the endpoint runs as root")
+    privileged: bool = Field(default=False, description="multi-user endpoint run as root: one user endpoint per mapped identity, as that local user")
+    email: str | None = Field(default=None, description="admin contact shown to users; required to start a privileged endpoint")
+    identity_mapping: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Globus identity -> local user rules (Globus Compute's identity mapping config), written to "
+        "identity_mapping_config.json beside config.yaml",
+    )
+    identity_mapping_config_path: str | None = Field(
+        default=None,
+        description="where config.yaml says the identity mapping file is; null with identity_mapping: "
+        "the endpoint folder's identity_mapping_config.json",
+    )
+    admins: list[UUID] = Field(default_factory=list, description="Globus identity ids that may manage the endpoint (needs subscription_id)")
+    allowed_functions: list[UUID] = Field(
+        default_factory=list, description="ids of the only functions the endpoint runs (faasctl's registered task functions); empty: any"
+    )
+    authentication_policy: UUID | None = Field(default=None, description="Globus Auth policy users must satisfy (e.g. an institution's login)")
+    subscription_id: UUID | None = Field(default=None, description="Globus subscription the endpoint belongs to")
+    public: bool = Field(default=False, description="listed for all users in the Globus web app (visibility only, not access)")
+    high_assurance: bool = Field(default=False, description="high-assurance endpoint (needs subscription_id and authentication_policy)")
+    audit_log_path: str | None = Field(default=None, description="file the privileged endpoint appends task audit records to (high assurance)")
+    pam: PamSettings | None = Field(default=None, description="PAM checks before each user endpoint starts (privileged only); null: off")
     idle_heartbeats_soft: int = Field(default=10, ge=0, description="idle heartbeats before a user endpoint stops")
     idle_heartbeats_hard: int = Field(default=5760, ge=0, description="heartbeats without any task movement before a user endpoint stops")
+
+    @field_validator("email")
+    @classmethod
+    def _email_format(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            raise ValueError("expected an email address, e.g. admin@example.edu")
+        return value
+
+    @model_validator(mode="after")
+    def _privileged_only(self) -> EndpointSettings:
+        # Globus Compute ignores these on an endpoint that is not run as root; say so early.
+        if not self.privileged:
+            for key in ("identity_mapping", "pam", "audit_log_path"):
+                if getattr(self, key):
+                    raise FieldError(f"endpoint.{key}", getattr(self, key), "only used by a privileged endpoint: set endpoint.privileged: true")
+        return self
+
+    @property
+    def mapping_file(self) -> str | None:
+        """The identity mapping file faasctl writes beside config.yaml, if any."""
+        return IDENTITY_MAPPING_FILE if self.identity_mapping else None
 
 
 class ContainerSettings(_Model):
@@ -241,6 +321,9 @@ class SiteRecord(_Model):
 
     name: str = Field(description="site name, also the endpoint folder name")
     description: str = Field(default="", description="one line shown by 'faasctl sites list'")
+    facility: Literal["polaris", "perlmutter", "expanse"] | None = Field(
+        default=None, description="the facility whose published rules the record must follow (faasctl.sites.lint)"
+    )
     endpoint: EndpointSettings = Field(default_factory=EndpointSettings)
     provider: ProviderSettings
     engine: EngineSettings = Field(default_factory=EngineSettings)

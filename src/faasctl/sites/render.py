@@ -8,7 +8,13 @@ An endpoint folder (``~/.globus_compute/NAME/``, Globus Compute endpoint 4.x) ho
     the engine (``GlobusComputeEngine`` + a parsl provider), itself a Jinja template that
     the endpoint renders for each user with the options the user sends;
 ``user_config_schema.json``
-    the JSON schema those options must satisfy (names, types, bounds).
+    the JSON schema those options must satisfy (names, types, bounds);
+``identity_mapping_config.json``
+    only for a privileged (multi-user) endpoint with ``endpoint.identity_mapping`` rules:
+    which local account each Globus identity runs as (``identity_mapping_config_path``).
+
+Before rendering, the record is checked against the rules of its facility and of Globus
+Compute's start-up (`faasctl.sites.lint`).
 
 The templates live in ``endpoint_templates/`` (one folder per provider family). faasctl
 renders them with its own delimiters (``[[ ]]``, ``[% %]``) so the endpoint's ``{{ }}`` pass
@@ -43,6 +49,7 @@ import yaml
 
 from faasctl.study import WORKER_ENV
 from faasctl.exceptions import MissingExtra, RenderError
+from faasctl.sites.model import IDENTITY_MAPPING_FILE
 
 if TYPE_CHECKING:
     from parsl.providers.base import ExecutionProvider
@@ -52,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EndpointFiles",
     "ENDPOINT_FILES",
+    "IDENTITY_MAPPING",
     "endpoint_templates_dir",
     "render_endpoint",
     "validate_endpoint",
@@ -67,6 +75,10 @@ USER_TEMPLATE = "user_config_template.yaml.j2"
 USER_SCHEMA = "user_config_schema.json"
 #: The files of an endpoint folder, in the order they are written.
 ENDPOINT_FILES = (CONFIG, USER_TEMPLATE, USER_SCHEMA)
+#: Written as well when the site lists identity mapping rules (privileged endpoints).
+IDENTITY_MAPPING = IDENTITY_MAPPING_FILE
+#: Where a privileged endpoint's folder is, unless told: root's Globus Compute folder.
+PRIVILEGED_USER_DIR = Path("/root/.globus_compute")
 
 _SITE_HEADER = re.compile(r"^# faasctl-site: (\S+)$", re.MULTILINE)
 _PASS2_MARKERS = ("{{", "{%", "{#")
@@ -187,24 +199,51 @@ def _user_limits(site: SiteRecord) -> dict[str, Any]:
     }
 
 
-def render_endpoint(site: SiteRecord) -> EndpointFiles:
+def identity_mapping_path(site: SiteRecord, endpoint_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """Where ``config.yaml`` says the identity mapping file is.
+
+    ``endpoint.identity_mapping_config_path`` when set; else, for a site with identity
+    mapping rules, ``identity_mapping_config.json`` in ``endpoint_dir`` (default: root's
+    ``/root/.globus_compute/NAME``, where a privileged endpoint lives); else None.
+    """
+    if site.endpoint.identity_mapping_config_path is not None:
+        return site.endpoint.identity_mapping_config_path
+    if not site.endpoint.identity_mapping:
+        return None
+    folder = Path(endpoint_dir).expanduser().absolute() if endpoint_dir is not None else PRIVILEGED_USER_DIR / site.name
+    return str(folder / IDENTITY_MAPPING)
+
+
+def render_endpoint(site: SiteRecord, *, endpoint_dir: str | os.PathLike[str] | None = None, lint: bool = True) -> EndpointFiles:
     """Render the endpoint folder of ``site``: file name -> text.
 
     Nothing is checked against Globus Compute here; call `validate_endpoint` (or
     `write_endpoint`, which does) before using the files.
 
+    Args:
+        site: the site record.
+        endpoint_dir: where the folder will be installed; only the identity mapping file's
+            path in ``config.yaml`` depends on it (see `identity_mapping_path`).
+        lint: check the record against its facility's rules first (`faasctl.sites.lint`).
+
     Raises:
+        SiteConfigError: the record breaks a facility or Globus Compute rule (``lint``).
         RenderError: a template is missing or fails, or the schema it renders is not valid JSON.
     """
     import jinja2
     import jsonschema
 
+    if lint:
+        from faasctl.sites.lint import check_site
+
+        check_site(site)
     env = _jinja_env()
     context = {
         "site": site,
         "limits": _user_limits(site),
         "worker_init": _worker_init(site),
         "container_uri": _container_uri(site),
+        "identity_mapping_path": identity_mapping_path(site, endpoint_dir),
     }
     files = EndpointFiles()
     for name, template in (
@@ -225,6 +264,8 @@ def render_endpoint(site: SiteRecord) -> EndpointFiles:
     except (ValueError, jsonschema.SchemaError) as err:
         raise RenderError(f"site {site.name!r}: rendered {USER_SCHEMA} is not a valid JSON schema: {err}") from err
     files[USER_SCHEMA] = json.dumps(schema, indent=2) + "\n"
+    if site.endpoint.identity_mapping:
+        files[IDENTITY_MAPPING] = json.dumps(site.endpoint.identity_mapping, indent=2) + "\n"
     files.site = site
     return files
 
@@ -325,6 +366,34 @@ def _without_missing_interface(engine: dict[str, Any]) -> dict[str, Any]:
     return {**engine, "address": "127.0.0.1"}
 
 
+def _with_local_mapping(files: Mapping[str, str], folder: Path) -> dict[str, str]:
+    """The folder's files with config.yaml pointing at ``folder``'s identity mapping file.
+
+    config.yaml names the file where the endpoint will be installed (often root's folder);
+    the check reads the copy rendered alongside instead.
+    """
+    out = dict(files)
+    if IDENTITY_MAPPING in files:
+        pattern = re.compile(r"^identity_mapping_config_path: .*$", re.MULTILINE)
+        local = f"identity_mapping_config_path: {json.dumps(str(folder / IDENTITY_MAPPING))}"
+        out[CONFIG] = pattern.sub(lambda _: local, files[CONFIG], count=1)
+    return out
+
+
+def _check_identity_mapping(path: Path, name: str) -> None:
+    """Load the identity mapping file as the endpoint does (``PosixIdentityMapper.load_configuration``)."""
+    from globus_compute_endpoint.endpoint.identity_mapper import POSIX_CONNECTOR_ID
+    from globus_identity_mapping.loader import load_mappers
+
+    try:
+        mappers = load_mappers(json.loads(path.read_text()), POSIX_CONNECTOR_ID, "faasctl-validate")
+    except Exception as err:  # the loader raises ValueError, KeyError, TypeError, ...
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise RenderError(f"site {name!r}: endpoint.identity_mapping is refused by Globus Compute: {message}") from err
+    if not mappers:
+        raise RenderError(f"site {name!r}: endpoint.identity_mapping holds no rule Globus Compute can use")
+
+
 def _render_user_config(files: Mapping[str, str], user_values: Mapping[str, Any] | None, name: str, folder: Path) -> str:
     """Render the user template exactly as the endpoint does, from files in ``folder``."""
     import pwd
@@ -340,7 +409,9 @@ def _render_user_config(files: Mapping[str, str], user_values: Mapping[str, Any]
     )
     from globus_compute_endpoint.endpoint.identity_mapper import MappedPosixIdentity
 
-    write_endpoint(files, folder, validate=False)
+    write_endpoint(_with_local_mapping(files, folder), folder, validate=False)
+    if IDENTITY_MAPPING in files:
+        _check_identity_mapping(folder / IDENTITY_MAPPING, name)
     try:
         parent = get_config(folder)
     except Exception as err:
@@ -357,7 +428,9 @@ def _render_user_config(files: Mapping[str, str], user_values: Mapping[str, Any]
         globus_identity_candidates=[],
     )
     schema = load_user_config_schema(folder / USER_SCHEMA)
-    _check_user_values(user_values or {}, schema, name)
+    if user_values is None:
+        user_values = _sample_required_values(schema)
+    _check_user_values(user_values, schema, name)
     try:
         return render_config_user_template(
             parent_config=parent,
@@ -369,6 +442,27 @@ def _render_user_config(files: Mapping[str, str], user_values: Mapping[str, Any]
         )
     except (jinja2.TemplateError, ValueError) as err:
         raise RenderError(f"site {name!r}: {USER_TEMPLATE} does not render: {err}") from err
+
+
+def _sample_required_values(schema: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Stand-ins for the options a user must send (e.g. ``account``), to check a folder without a user.
+
+    Only the options the schema marks ``required`` are given: a default or the first choice
+    when the schema has one, else a placeholder of the right type.
+    """
+    values: dict[str, Any] = {}
+    properties = (schema or {}).get("properties", {})
+    for key in (schema or {}).get("required", []):
+        prop = properties.get(key, {})
+        if "default" in prop:
+            values[key] = prop["default"]
+        elif prop.get("enum"):
+            values[key] = prop["enum"][0]
+        elif prop.get("type") == "integer":
+            values[key] = prop.get("minimum", 1)
+        else:
+            values[key] = "ALLOCATION" if key == "account" else "value"
+    return values
 
 
 def _check_user_values(values: Mapping[str, Any], schema: dict[str, Any] | None, name: str) -> None:
@@ -405,7 +499,8 @@ def load_endpoint_config(
 
     Args:
         files: an endpoint folder as from `render_endpoint`.
-        user_values: the options a user sends (checked against the folder's schema).
+        user_values: the options a user sends (checked against the folder's schema); None:
+            the site's defaults, and a placeholder for each option the schema requires.
         site: the site the files came from, to name fields in errors (default: ``files.site``).
         kubeconfig: "dummy" to load a KubernetesProvider with a throw-away kubeconfig, or
             "environment" to use the real one (for a provider that will be used).
@@ -464,7 +559,8 @@ def validate_endpoint(
 
     Args:
         files: an endpoint folder as from `render_endpoint`.
-        user_values: options a user would send (default: none, i.e. the site's defaults).
+        user_values: options a user would send (default: the site's defaults, and a
+            placeholder for each option the schema requires, such as ``account``).
         site: the site the files came from (default: ``files.site``), to name fields in errors.
 
     Raises:
@@ -532,7 +628,8 @@ def parsl_provider(site: SiteRecord, user_values: Mapping[str, Any] | None = Non
     Raises:
         RenderError: as `validate_endpoint`.
     """
-    config = load_endpoint_config(render_endpoint(site), user_values, site=site, kubeconfig="environment")
+    # no stand-ins here: a site that requires an account needs a real one (site or user value)
+    config = load_endpoint_config(render_endpoint(site), dict(user_values or {}), site=site, kubeconfig="environment")
     provider = config.engine.executor.provider
     config.engine.shutdown()
     return provider
