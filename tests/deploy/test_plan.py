@@ -17,10 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from faasctl.cli.main import app
-from faasctl.deploy import DEPLOYERS, Notice, RemovePath, RunCommand, WriteFiles, deployer_for
+from faasctl.deploy import DEPLOYERS, Notice, RemovePath, RunCommand, Who, WriteFiles, deployer_for
 from faasctl.executors.site import site_config
 from faasctl.deploy.helm import HelmDeployer
-from faasctl.deploy.slurm import SlurmDeployer, endpoint_cli
+from faasctl.deploy.batch import BatchDeployer, endpoint_cli
 from faasctl.study import WORKER_ENV
 from faasctl.exceptions import DeployError
 from faasctl.sites.render import render_endpoint
@@ -41,13 +41,14 @@ def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_every_provider_family_has_a_deployer() -> None:
     assert set(DEPLOYERS) == set(PROVIDER_FAMILIES)
-    assert isinstance(deployer_for(load_site("river")), SlurmDeployer)
-    assert isinstance(deployer_for(load_site("polaris")), SlurmDeployer)
+    assert isinstance(deployer_for(load_site("river")), BatchDeployer)
+    assert isinstance(deployer_for(load_site("polaris")), BatchDeployer)
     assert isinstance(deployer_for(load_site("kubernetes")), HelmDeployer)
 
 
 def test_river_plan_without_credentials(user_dir: Path) -> None:
-    write, notice = deployer_for(load_site("river")).plan()
+    who, write, notice = deployer_for(load_site("river")).plan()
+    assert isinstance(who, Who) and who.describe().startswith("who: single-user endpoint: runs as ")
     assert isinstance(write, WriteFiles) and write.directory == user_dir / "river"
     assert write.files == dict(render_endpoint(load_site("river")))
     assert isinstance(notice, Notice)
@@ -58,7 +59,7 @@ def test_river_plan_with_credentials(user_dir: Path, monkeypatch: pytest.MonkeyP
     # Globus cloud: only the presence of the variables matters for the plan; nothing is sent.
     monkeypatch.setenv("GLOBUS_COMPUTE_CLIENT_ID", "00000000-0000-0000-0000-000000000000")
     monkeypatch.setenv("GLOBUS_COMPUTE_CLIENT_SECRET", "not-a-secret")
-    _, start = deployer_for(load_site("river")).plan()
+    _, _, start = deployer_for(load_site("river")).plan()
     assert isinstance(start, RunCommand)
     assert list(start.argv) == [endpoint_cli(), "start", "river", "--detach"]
     assert "not-a-secret" not in start.describe()
@@ -69,10 +70,10 @@ def test_install_status_teardown(user_dir: Path) -> None:
     from globus_compute_endpoint.endpoint.config.utils import get_config
 
     site = load_site("slurm")
-    deployer = SlurmDeployer(site)
+    deployer = BatchDeployer(site)
     assert deployer.status().state == "not-installed"
     actions = deployer.deploy()  # writes the files; the start is a Notice (no credentials)
-    assert [type(a) for a in actions] == [WriteFiles, Notice]
+    assert [type(a) for a in actions] == [Who, WriteFiles, Notice]
     folder = user_dir / "slurm"
     assert {p.name: p.read_text() for p in folder.iterdir()} == dict(render_endpoint(site))
     assert oct(folder.stat().st_mode & 0o777) == "0o700"
@@ -80,7 +81,7 @@ def test_install_status_teardown(user_dir: Path) -> None:
 
     # an earlier registration (endpoint.json) survives a redeploy
     (folder / "endpoint.json").write_text(json.dumps({"endpoint_id": "0b6f3a6e-0000-4000-8000-000000000000"}))
-    SlurmDeployer(load_site("slurm", overrides=["provider.max_blocks=3"])).deploy()
+    BatchDeployer(load_site("slurm", overrides=["provider.max_blocks=3"])).deploy()
     status = deployer.status()
     assert status.state == "installed" and not status.healthy
     assert status.details["endpoint_id"] == "0b6f3a6e-0000-4000-8000-000000000000"
@@ -96,12 +97,51 @@ def test_install_status_teardown(user_dir: Path) -> None:
     assert not folder.exists()
 
 
+PRIVILEGED = [
+    "endpoint.privileged=true", "endpoint.email=admin@uchicago.edu",
+    "endpoint.identity_mapping=[{DATA_TYPE: expression_identity_mapping#1.0.0, "
+    "mappings: [{source: '{username}', match: '(.*)@uchicago\\.edu', output: '{0}'}]}]",
+]
+
+
+@pytest.mark.parametrize("name", ["river", "perlmutter"])
+def test_privileged_plan_says_who_runs_what_as_whom(name: str, user_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A multi-user endpoint: root runs the manager, mapped accounts run their endpoints and jobs."""
+    from globus_compute_endpoint.endpoint.config.utils import get_config
+
+    monkeypatch.setattr("faasctl.deploy.batch._is_root", lambda: False)  # as an admin's dry run before sudo
+    deployer = deployer_for(load_site(name, overrides=PRIVILEGED))
+    who, write, start = deployer.plan()
+    folder = user_dir / name
+    assert isinstance(who, Who)
+    assert "privileged multi-user endpoint: the endpoint manager runs as root" in who.describe()
+    assert f"mapped to a local account by {folder / 'identity_mapping_config.json'}" in who.describe()
+    assert "{username} ~ (.*)@uchicago\\.edu -> {0}" in who.describe()
+    assert "as Slurm jobs (sbatch)" in who.describe()
+    assert isinstance(start, Notice) and f"must be started by root: sudo {endpoint_cli()} start {name} --detach" in start.describe()
+    # the installed folder names its own mapping file, and Globus Compute reads both
+    write.apply()
+    assert json.loads((folder / "identity_mapping_config.json").read_text())[0]["mappings"][0]["output"] == "{0}"
+    core = get_config(folder)
+    assert core.identity_mapping_config_path == folder / "identity_mapping_config.json"
+    assert core.email == "admin@uchicago.edu"
+
+
+def test_cli_deploy_dry_run_shows_the_privileged_setup(user_dir: Path) -> None:
+    args = ["deploy", "--site", "river", "--dry-run"] + [x for o in PRIVILEGED for x in ("--set", o)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "who: privileged multi-user endpoint" in text and "identity_mapping_config.json" in text
+    assert '"DATA_TYPE": "expression_identity_mapping#1.0.0"' in text  # the mapping file's content
+
+
 def test_refused_config_deploys_nothing(user_dir: Path) -> None:
     from faasctl.exceptions import RenderError
 
     site = load_site("slurm", overrides=["provider.options.no_such_option=1"])
     with pytest.raises(RenderError, match="no_such_option"):
-        SlurmDeployer(site).plan()
+        BatchDeployer(site).plan()
     assert not user_dir.exists()
 
 

@@ -117,7 +117,7 @@ def render(
     if (out is None) == (not print_):
         raise typer.BadParameter("give exactly one of --out DIR or --print", param_hint="--out/--print")
     record = resolve_site(site, site_file, set_)
-    files = render_endpoint(record)
+    files = render_endpoint(record, endpoint_dir=out)  # a privileged config.yaml names its mapping file there
     if print_:
         validate_endpoint(files)
         for name, text in files.items():

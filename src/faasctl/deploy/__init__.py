@@ -6,9 +6,9 @@ One deployer per way of running an endpoint, chosen by the site's provider:
 provider                  deployer               what ``deploy`` does
 ========================  =====================  ==========================================
 KubernetesProvider        `HelmDeployer`         ``helm upgrade --install`` of the chart
-SlurmProvider             `SlurmDeployer`        install ``~/.globus_compute/NAME``, start it
-PBSProProvider            `SlurmDeployer`        (same: an endpoint on the login node)
-LocalProvider             `SlurmDeployer`        (same: an endpoint on this host)
+SlurmProvider             `BatchDeployer`        install ``~/.globus_compute/NAME``, start it
+PBSProProvider            `BatchDeployer`        (same: an endpoint on the login node)
+LocalProvider             `BatchDeployer`        (same: an endpoint on this host)
 ========================  =====================  ==========================================
 
 Direct mode (`faasctl.executors.site.site_executor`) needs no endpoint at all.
@@ -17,14 +17,14 @@ Example:
     >>> from faasctl.sites import load_site
     >>> deployer = deployer_for(load_site("river"))
     >>> [type(a).__name__ for a in deployer.plan()]  # doctest: +SKIP
-    ['WriteFiles', 'Notice']
+    ['Who', 'WriteFiles', 'Notice']
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from faasctl.deploy.base import Action, Deployer, DeployStatus, Notice, RemovePath, RunCommand, WriteFiles
+from faasctl.deploy.base import Action, Deployer, DeployStatus, Notice, RemovePath, RunCommand, Who, WriteFiles
 from faasctl.exceptions import DeployError
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Notice",
     "RemovePath",
     "RunCommand",
+    "Who",
     "WriteFiles",
     "DEPLOYERS",
     "deployer_for",
@@ -42,9 +43,9 @@ __all__ = [
 #: provider type -> deployer kind
 DEPLOYERS = {
     "KubernetesProvider": "helm",
-    "SlurmProvider": "slurm",
-    "PBSProProvider": "slurm",
-    "LocalProvider": "slurm",
+    "SlurmProvider": "batch",
+    "PBSProProvider": "batch",
+    "LocalProvider": "batch",
 }
 
 
@@ -53,7 +54,7 @@ def deployer_for(site: Any, **options: Any) -> Deployer:
 
     Args:
         site: the site record.
-        **options: passed to the deployer (`HelmDeployer` or `SlurmDeployer`).
+        **options: passed to the deployer (`HelmDeployer` or `BatchDeployer`).
 
     Raises:
         DeployError: no deployer handles the site's provider.
@@ -63,10 +64,10 @@ def deployer_for(site: Any, **options: Any) -> Deployer:
         from faasctl.deploy.helm import HelmDeployer
 
         return HelmDeployer(site, **options)
-    if kind == "slurm":
-        from faasctl.deploy.slurm import SlurmDeployer
+    if kind == "batch":
+        from faasctl.deploy.batch import BatchDeployer
 
-        return SlurmDeployer(site, **options)
+        return BatchDeployer(site, **options)
     raise DeployError(
         f"site {site.name!r}: no deployer for provider.type {site.provider.type!r}; "
         f"faasctl deploys {', '.join(DEPLOYERS)}"

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from faasctl.exceptions import DeployError
 
-__all__ = ["Action", "WriteFiles", "RunCommand", "RemovePath", "Notice", "DeployStatus", "Deployer"]
+__all__ = ["Action", "WriteFiles", "RunCommand", "RemovePath", "Notice", "Who", "DeployStatus", "Deployer"]
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +154,26 @@ class Notice(Action):
         log.info("left to the user: %s", self.message)
 
 
+@dataclass(frozen=True)
+class Who(Action):
+    """Which accounts the deployment runs as: the endpoint, the users it serves, the workers."""
+
+    message: str
+
+    def describe(self) -> str:
+        return f"who: {self.message}"
+
+    def apply(self) -> None:
+        log.info("who runs what: %s", self.message)
+
+
 @dataclass
 class DeployStatus:
     """What `Deployer.status` found.
 
     Attributes:
         site: the site name.
-        kind: the deployer (``helm``, ``slurm``).
+        kind: the deployer (``helm``, ``batch``).
         state: one word: ``not-installed``, ``installed`` (config in place, not running),
             ``running``, ``deployed`` (helm release exists), ``failed``, ``unknown``.
         details: what else was found (paths, endpoint id, helm release info).
@@ -206,10 +219,14 @@ class Deployer(abc.ABC):
         if self._files is None:
             from faasctl.sites.render import render_endpoint, validate_endpoint
 
-            files = render_endpoint(self.site)
+            files = render_endpoint(self.site, **self.render_options())
             validate_endpoint(files, site=self.site)
             self._files = dict(files)
         return self._files
+
+    def render_options(self) -> dict[str, Any]:
+        """Keyword arguments of `faasctl.sites.render.render_endpoint` for this deployment."""
+        return {}
 
     @abc.abstractmethod
     def plan(self) -> list[Action]:
