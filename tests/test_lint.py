@@ -21,6 +21,10 @@ BROKEN: dict[str, tuple[str, list[str], str]] = {
     "batch-cmd-timeout": ("slurm", ["provider.cmd_timeout=10"], "provider.cmd_timeout"),
     "k8s-unencrypted": ("kubernetes", ["engine.options.encrypted=true"], "engine.options.encrypted"),
     "k8s-non-root": ("kubernetes", ["provider.run_as_non_root=false"], "provider.run_as_non_root"),
+    "k8s-not-privileged": (
+        "kubernetes", ["endpoint.privileged=true", "endpoint.email=a@b.org", "endpoint.identity_mapping_config_path=/etc/idmap.json"],
+        "endpoint.privileged",
+    ),
     "privileged-email": ("river", ["endpoint.privileged=true", "endpoint.identity_mapping_config_path=/etc/idmap.json"], "endpoint.email"),
     "privileged-identity-mapping": ("river", ["endpoint.privileged=true", "endpoint.email=a@uchicago.edu"], "endpoint.identity_mapping"),
     "high-assurance": ("local", ["endpoint.high_assurance=true", f"endpoint.authentication_policy={UUID}"], "endpoint.subscription_id"),

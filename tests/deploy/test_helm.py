@@ -9,8 +9,10 @@ loaded by Globus Compute's own CLI and loader.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +39,10 @@ TEMPLATES = [
     "endpoint-serviceaccount.yaml",
     "endpoint-role.yaml",
     "endpoint-rolebinding.yaml",
+    "endpoint-pvc.yaml",
     "tests/endpoint-test.yaml",
 ]
+ENDPOINT_ID = "0b6f3a6e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +101,12 @@ VALUE_SETS = [
     (
         "no-rbac-existing-sa",
         ["--set", "rbac.create=false", "--set", "serviceAccount.create=false", "--set", "serviceAccount.name=gc-endpoint"],
-        ["endpoint-configmap.yaml", "endpoint-deployment.yaml", "tests/endpoint-test.yaml"],
+        ["endpoint-configmap.yaml", "endpoint-deployment.yaml", "endpoint-pvc.yaml", "tests/endpoint-test.yaml"],
+    ),
+    (
+        "uuid-no-persistence",
+        ["--set", "endpoint.persistence.enabled=false", "--set", f"endpoint.uuid={ENDPOINT_ID}"],
+        [t for t in TEMPLATES if t != "endpoint-pvc.yaml"],
     ),
     (
         "everything-set",
@@ -113,6 +122,8 @@ VALUE_SETS = [
             "--set", "serviceAccount.annotations.owner=faasctl",
             "--set", "endpoint.image.pullPolicy=Always",
             "--set", "fullnameOverride=gc",
+            "--set", "endpoint.persistence.storageClassName=fast",
+            "--set", f"endpoint.uuid={ENDPOINT_ID}",
         ],
         TEMPLATES,
     ),
@@ -159,11 +170,83 @@ def test_deployment(helm: str, values_file: Path, site: Any) -> None:
     assert {"name": "ENDPOINT_DIR", "value": "/var/lib/globus_compute/kubernetes"} in init["env"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["config"]["configMap"]["name"] == "kubernetes-faasctl-endpoint-config"
-    assert "emptyDir" in volumes["state"]
     assert pod["serviceAccountName"] == "kubernetes-faasctl-endpoint"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
     assert deployment["metadata"]["namespace"] == "faasctl"
+
+
+def test_endpoint_keeps_its_identity_across_restarts(helm: str, values_file: Path) -> None:
+    """endpoint.json (the registered id) lives on a PVC, or the id is given: never a fresh one per pod."""
+    (deployment,) = _docs(_template(helm, values_file, show_only="endpoint-deployment.yaml").stdout)
+    (pvc,) = _docs(_template(helm, values_file, show_only="endpoint-pvc.yaml").stdout)
+    pod = deployment["spec"]["template"]["spec"]
+    state = next(v for v in pod["volumes"] if v["name"] == "state")
+    assert state == {"name": "state", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}
+    # both the init container (installs the config) and the endpoint (writes endpoint.json) use it
+    for container in [*pod["initContainers"], *pod["containers"]]:
+        assert {"name": "state", "mountPath": "/var/lib/globus_compute"} in container["volumeMounts"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+    # without the volume, the endpoint id is a required value, passed to `start`
+    done = _template(helm, values_file, "--set", "endpoint.persistence.enabled=false", check=False)
+    assert done.returncode != 0 and "endpoint.uuid is required when endpoint.persistence.enabled is false" in done.stderr
+    out = _template(helm, values_file, "--set", "endpoint.persistence.enabled=false", "--set", f"endpoint.uuid={ENDPOINT_ID}",
+                    show_only="endpoint-deployment.yaml").stdout
+    (deployment,) = _docs(out)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["--endpoint-uuid", ENDPOINT_ID]
+    done = _template(helm, values_file, "--set", "endpoint.uuid=not-a-uuid", check=False)
+    assert done.returncode != 0 and "endpoint.uuid" in done.stderr
+
+
+def _restricted(pod_spec: dict[str, Any]) -> list[str]:
+    """What the "restricted" Pod Security Standard (Kubernetes 1.25+) would refuse in a pod spec."""
+    problems = []
+    pod_ctx = pod_spec.get("securityContext") or {}
+    for container in [*pod_spec.get("initContainers", []), *pod_spec.get("containers", [])]:
+        ctx = container.get("securityContext") or {}
+        name = container["name"]
+        if not (ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True):
+            problems.append(f"{name}: runAsNonRoot")
+        if 0 in (ctx.get("runAsUser"), pod_ctx.get("runAsUser")):
+            problems.append(f"{name}: runAsUser 0")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation")
+        if (ctx.get("capabilities") or {}).get("drop") != ["ALL"] or set((ctx.get("capabilities") or {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: capabilities")
+        seccomp = (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccompProfile")
+        if ctx.get("privileged"):
+            problems.append(f"{name}: privileged")
+    allowed = {"name", "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+    problems += [f"volume {v['name']}" for v in pod_spec.get("volumes", []) if set(v) - allowed]
+    if pod_spec.get("hostNetwork") or pod_spec.get("hostPID") or pod_spec.get("hostIPC"):
+        problems.append("host namespaces")
+    return problems
+
+
+def test_endpoint_and_test_pods_are_restricted(helm: str, values_file: Path) -> None:
+    (deployment,) = _docs(_template(helm, values_file, show_only="endpoint-deployment.yaml").stdout)
+    (test_pod,) = _docs(_template(helm, values_file, show_only="tests/endpoint-test.yaml").stdout)
+    assert _restricted(deployment["spec"]["template"]["spec"]) == []
+    assert _restricted(test_pod["spec"]) == []
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # the check itself catches a pod that drops the hardening
+    out = _template(helm, values_file, "--set", "endpoint.securityContext=null", show_only="endpoint-deployment.yaml").stdout
+    assert "endpoint: allowPrivilegeEscalation" in _restricted(_docs(out)[0]["spec"]["template"]["spec"])
+
+
+def test_worker_pods_run_unencrypted_and_non_root(helm: str, values_file: Path) -> None:
+    """The config the chart installs: GC's KubernetesProvider without encryption, worker containers not root."""
+    config = load_endpoint_config(_configmap_files(helm, values_file))
+    try:
+        assert config.engine.executor.encrypted is False
+        provider = config.engine.executor.provider
+        assert (provider.run_as_non_root, provider.user_id, provider.group_id) == (True, "1000", "1000")
+    finally:
+        config.engine.shutdown()
 
 
 def test_config_change_restarts_the_endpoint(helm: str, values_file: Path, tmp_path: Path) -> None:
@@ -181,9 +264,11 @@ def test_rbac_lets_the_endpoint_manage_worker_pods(helm: str, values_file: Path)
     (role,) = _docs(_template(helm, values_file, show_only="endpoint-role.yaml").stdout)
     (binding,) = _docs(_template(helm, values_file, show_only="endpoint-rolebinding.yaml").stdout)
     (account,) = _docs(_template(helm, values_file, show_only="endpoint-serviceaccount.yaml").stdout)
-    pods = next(rule for rule in role["rules"] if "pods" in rule["resources"])
-    # what parsl's KubernetesProvider calls: create/read/list/delete namespaced pods
-    assert {"create", "get", "list", "delete"} <= set(pods["verbs"])
+    # exactly what parsl's KubernetesProvider calls: create/read/delete namespaced pods, nothing else
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "delete"]}]
+    kube = Path(importlib.util.find_spec("parsl.providers.kubernetes.kube").origin).read_text()
+    calls = set(re.findall(r"self\.kube_client\.(\w+)\(", kube))
+    assert calls == {"create_namespaced_pod", "read_namespaced_pod", "delete_namespaced_pod"}, calls
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "faasctl"}]
 

@@ -196,7 +196,7 @@ class HelmDeployer(Deployer):
         validate_values(values, self.chart)
         header = (
             f"# helm values for site {self.site.name!r}, written by faasctl deploy from the site record\n"
-            f"# ({self.site.source or 'built in code'}); endpointConfig is `faasctl render {self.site.name}`.\n"
+            f"# ({self.site.source or 'built in code'}); endpointConfig is `faasctl render --site {self.site.name}`.\n"
         )
         return header + yaml.dump(values, Dumper=_ValuesDumper, sort_keys=False, width=1 << 20, allow_unicode=True)
 

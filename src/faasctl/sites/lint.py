@@ -166,6 +166,15 @@ RULES: tuple[Rule, ...] = (
         ),
         "https://kubernetes.io/docs/concepts/security/pod-security-standards/#restricted",
     ),
+    Rule(
+        "k8s-not-privileged", lambda s: isinstance(s.provider, KubernetesSettings),
+        lambda s: _unless(
+            not s.endpoint.privileged, "endpoint.privileged", True,
+            "the chart's endpoint pod runs as uid 1000 under the restricted pod security level, never as root; "
+            "run one endpoint per user or group instead",
+        ),
+        "https://kubernetes.io/docs/concepts/security/pod-security-standards/#restricted",
+    ),
     # --- privileged (multi-user) endpoints
     Rule(
         "privileged-email", lambda s: s.endpoint.privileged,
