@@ -18,6 +18,7 @@ __all__ = [
     "DeployError",
     "ScanError",
     "EndpointUnhealthy",
+    "StackMismatch",
     "MissingExtra",
 ]
 
@@ -75,6 +76,16 @@ class EndpointUnhealthy(FaasctlError):
     """Raised when health-check fits fail, time out or disagree with the reference values."""
 
     exit_code = 1
+
+
+class StackMismatch(ScanError):
+    """Raised before fitting when the workers run another Python minor, dill, pyhf or faasctl
+    than the client (`faasctl.stack.compare`): their results could not be trusted or read.
+
+    A deployment error, not a fit failure: the CLI exits with status 2.
+    """
+
+    exit_code = 2
 
 
 class MissingExtra(FaasctlError):

@@ -336,8 +336,9 @@ def run_check(
     checks: list[CheckResult] = [info_check]
     for name in SUITES[suite]:
         reference = load_reference(name)
-        if info_check.status == "timeout":
-            checks += [CheckResult(name=f.patch, suite=name, status="skipped", message="not sent: no worker answered")
+        if info_check.status in ("timeout", "fail"):
+            why = "no worker answered" if info_check.status == "timeout" else "the worker's versions differ"
+            checks += [CheckResult(name=f.patch, suite=name, status="skipped", message=f"not sent: {why}")
                        for f in reference.fits]
             continue
         pallet, rows = _suite_pallet(name, reference)
@@ -346,7 +347,7 @@ def run_check(
             continue
         fits = {f.patch: f for f in reference.fits}
         answers: dict[str, CheckResult] = {}
-        client = FitClient(executor, backend=backend, timeout=timeout, retries=1)
+        client = FitClient(executor, backend=backend, timeout=timeout, retries=1, check_stack=False)  # compared above
         try:
             for result in client.scan(pallet, list(fits)):
                 answers[result.patch] = compare(result, fits[result.patch], name, seconds=time.monotonic() - start)
@@ -384,7 +385,12 @@ def _worker_info(
     except Exception as err:  # noqa: BLE001 - reported as a failed check
         return None, row("error", error_text(err))
     versions = ", ".join(f"{k} {info.get(k) or '-'}" for k in ("python", "pyhf", "numpy", "scipy", "jax", "faasctl"))
-    return info, row("pass", versions, info.get("worker"))
+    from faasctl.stack import compare, environment
+
+    errors, warnings = compare(info, environment())
+    if errors:  # the fits would not be comparable with the reference: do not send them
+        return info, row("fail", "worker and client differ: " + "; ".join(errors + warnings), info.get("worker"))
+    return info, row("pass", "; ".join([versions, *warnings]), info.get("worker"))
 
 
 # --- targets -----------------------------------------------------------------------------------

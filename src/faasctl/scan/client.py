@@ -111,6 +111,9 @@ class FitClient:
         function: the task function (tests and health checks swap it); it takes a task
             dict and returns a record, or ``{"status": "need-background"}``, like
             `faasctl.scan.worker.fit_patch`.
+        check_stack: before the first scan, ask a worker for its versions and refuse to fit
+            where they differ from this process's in what results depend on
+            (`faasctl.stack.compare`: `StackMismatch`); other differences are logged.
 
     Attributes:
         background_sends: tasks that carried the background, since the client was made.
@@ -130,6 +133,7 @@ class FitClient:
         batch_size: int = 1,
         background_seeds: int | None = None,
         function: TaskFunction = fit_patch,
+        check_stack: bool = True,
     ) -> None:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive seconds or None, not {timeout!r}")
@@ -141,6 +145,7 @@ class FitClient:
         self.batch_size = max(1, batch_size)
         self.background_seeds = background_seeds
         self.function = function
+        self.check_stack = check_stack
         self.background_sends = 0
         self.bounces = 0
         self.submissions = 0
@@ -171,6 +176,11 @@ class FitClient:
             ScanError: the executor refuses tasks (shut down, not connected).
         """
         queue = deque(_Job(p) for p in _select(pallet, patches))
+        if self.check_stack and queue:
+            from faasctl.stack import check_worker
+
+            check_worker(self.executor)
+            self.check_stack = False  # once per client
         seeds = self._seeds()
         running: dict[cf.Future[Any], _Task] = {}
         progress = time.monotonic()  # the latest completion of any task

@@ -81,14 +81,7 @@ def noop(x: Any = None) -> Any:
 
 
 def worker_info() -> dict[str, Any]:
-    """Versions of what fits run on, as a worker sees them."""
-    import platform
-    from importlib import metadata
+    """Versions of what fits run on, as a worker sees them (`faasctl.stack.environment`)."""
+    from faasctl.stack import environment
 
-    info: dict[str, Any] = {"worker": worker_id(), "python": platform.python_version()}
-    for dist in ("pyhf", "numpy", "scipy", "jax", "faasctl"):
-        try:
-            info[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            info[dist] = None
-    return info
+    return {"worker": worker_id(), **environment(worker=True)}
