@@ -373,6 +373,52 @@ def test_identity_mapping_file_must_exist(tmp_path: Path) -> None:
         validate_endpoint(files)
 
 
+@pytest.mark.parametrize("name", ["river", "perlmutter"])
+def test_privileged_endpoint_folder_with_identity_mapping(name: str, tmp_path: Path) -> None:
+    """A multi-user endpoint: config.yaml names the mapping file beside it; Globus Compute loads both,
+    and its own mapper turns a UChicago identity into the local user of the same name."""
+    from globus_compute_endpoint.endpoint.identity_mapper import PosixIdentityMapper
+
+    site = load_site(name, overrides=PRIVILEGED)
+    files = render_endpoint(site, endpoint_dir=tmp_path / name)
+    assert list(files) == [*ENDPOINT_FILES, "identity_mapping_config.json"]
+    mapping_path = tmp_path / name / "identity_mapping_config.json"
+    assert f"identity_mapping_config_path: {json.dumps(str(mapping_path))}" in files["config.yaml"]
+    validate_endpoint(files)  # config.yaml as CoreEndpointConfig (needs the file), mapping, user template
+    write_endpoint(files, tmp_path / name)
+    from globus_compute_endpoint.endpoint.config.utils import get_config
+
+    core = get_config(tmp_path / name)  # the installed folder, read as the endpoint reads it
+    assert (core.email, core.identity_mapping_config_path) == ("admin@uchicago.edu", mapping_path)
+    mapper = PosixIdentityMapper(mapping_path, "test")
+    try:
+        identities = [{"id": "0c3d0f0a-0000-4000-8000-000000000001", "username": "alice@uchicago.edu"},
+                      {"id": "0c3d0f0a-0000-4000-8000-000000000002", "username": "mallory@example.org"}]
+        assert mapper.map_identities(identities) == [[{"0c3d0f0a-0000-4000-8000-000000000001": ["alice"]}]]
+    finally:
+        mapper.stop_watching()
+    # by default the file is where a root-run endpoint keeps its folder
+    assert f'"/root/.globus_compute/{name}/identity_mapping_config.json"' in render_endpoint(site)["config.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("[{DATA_TYPE: expression_identity_mapping#1.0.0, mappings: [{source: '{username}'}]}]", "refused by Globus Compute"),
+        ("[{DATA_TYPE: no_such_mapping#1.0.0}]", "holds no rule Globus Compute can use"),
+    ],
+)
+def test_broken_identity_mapping_is_refused(rule: str, message: str) -> None:
+    site = load_site("river", overrides=[*PRIVILEGED[:2], f"endpoint.identity_mapping={rule}"])
+    with pytest.raises(RenderError, match=f"site 'river': endpoint.identity_mapping .*{message}"):
+        validate_endpoint(render_endpoint(site))
+
+
+def test_privileged_keys_need_a_privileged_endpoint() -> None:
+    with pytest.raises(SiteConfigError, match="endpoint.identity_mapping = .*only used by a privileged endpoint"):
+        load_site("river", overrides=[PRIVILEGED[2]])
+
+
 def test_apptainer_image_reference() -> None:
     docker_ref = render_endpoint(load_site("river"))["user_config_template.yaml.j2"]
     assert 'container_uri: "docker://ghcr.io/faasctl/faasctl-worker:0.1.0-cpu"' in docker_ref
