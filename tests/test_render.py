@@ -392,8 +392,8 @@ def test_privileged_endpoint_folder_with_identity_mapping(name: str, tmp_path: P
     assert (core.email, core.identity_mapping_config_path) == ("admin@uchicago.edu", mapping_path)
     mapper = PosixIdentityMapper(mapping_path, "test")
     try:
-        identities = [{"id": "0c3d0f0a-0000-4000-8000-000000000001", "username": "alice@uchicago.edu"},
-                      {"id": "0c3d0f0a-0000-4000-8000-000000000002", "username": "mallory@example.org"}]
+        identities = [{"id": "0c3d0f0a-0000-4000-8000-000000000001", "username": "alice@uchicago.edu", "status": "used"},
+                      {"id": "0c3d0f0a-0000-4000-8000-000000000002", "username": "mallory@example.org", "status": "used"}]
         assert mapper.map_identities(identities) == [[{"0c3d0f0a-0000-4000-8000-000000000001": ["alice"]}]]
     finally:
         mapper.stop_watching()
