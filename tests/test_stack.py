@@ -138,6 +138,22 @@ def test_fitclient_refuses_a_worker_with_another_faasctl(monkeypatch: pytest.Mon
     assert result.ok
 
 
+def test_a_worker_that_cannot_answer_is_let_through(caplog: pytest.LogCaptureFixture) -> None:
+    """No answer within the client's timeout: warn and fit (the fits then report the problem per patch)."""
+    import threading
+
+    from faasctl.stack import check_worker
+
+    release = threading.Event()
+    with cf.ThreadPoolExecutor(1) as ex:
+        ex.submit(release.wait)  # the only worker is busy
+        assert check_worker(ex, timeout=0.05) == []
+        release.set()
+    assert "could not ask a worker for its versions (TimeoutError" in caplog.text
+    ex.shutdown()
+    assert check_worker(ex) == []  # a shut-down executor: the fits raise ScanError for it
+
+
 def test_check_local_refuses_a_worker_with_another_faasctl(monkeypatch: pytest.MonkeyPatch) -> None:
     """`faasctl check --site local`: the real local workers inherit the variable and report 9.9.9."""
     monkeypatch.setenv(WORKER_VERSION_ENV, "9.9.9")

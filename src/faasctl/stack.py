@@ -119,11 +119,11 @@ def compare(worker: Mapping[str, Any], client: Mapping[str, Any]) -> tuple[list[
     return errors, warnings
 
 
-def check_worker(executor: cf.Executor) -> list[str]:
+def check_worker(executor: cf.Executor, timeout: float | None = None) -> list[str]:
     """Ask one worker of ``executor`` for its environment and `compare` it with this process's.
 
-    A worker that cannot answer (lost, no faasctl) is logged and let through: the fits that
-    follow meet the same problem and report it per patch.
+    A worker that cannot answer (lost, no faasctl, not within ``timeout`` seconds) is logged
+    and let through: the fits that follow meet the same problem and report it per patch.
 
     Returns:
         The warnings (also logged).
@@ -133,9 +133,13 @@ def check_worker(executor: cf.Executor) -> list[str]:
     """
     from faasctl.scan.worker import worker_info
 
+    future: cf.Future[Any] | None = None
     try:
-        info = executor.submit(worker_info).result()
+        future = executor.submit(worker_info)
+        info = future.result(timeout=timeout)
     except Exception as err:  # noqa: BLE001 - the fits will surface it
+        if future is not None:
+            future.cancel()
         log.warning("could not ask a worker for its versions (%s: %s); fitting without the check", type(err).__name__, err)
         return []
     errors, warnings = compare(info, environment())

@@ -62,7 +62,7 @@ def values_file(tmp_path_factory: pytest.TempPathFactory, site: Any) -> Path:
     """The values file `faasctl deploy --site kubernetes` writes (through its plan)."""
     state = tmp_path_factory.mktemp("helm-state")
     deployer = HelmDeployer(site, state_dir=state)
-    write = deployer.plan()[0]
+    write = deployer.plan()[1]
     assert isinstance(write, WriteFiles)
     write.apply()
     return deployer.values_path
@@ -383,7 +383,12 @@ def test_faasctl_checks_values_against_the_schema_before_helm(site: Any, tmp_pat
 def test_plan_is_helm_upgrade_install_with_the_values(site: Any, tmp_path: Path, helm: str) -> None:
     deployer = HelmDeployer(site, values={"endpoint": {"credentials": {"secretName": "gc-client"}}},
                             state_dir=tmp_path, helm=helm)
-    write, install = deployer.plan()
+    who, write, install = deployer.plan()
+    assert who.describe() == (
+        "who: single-user endpoint pod (uid 1000, service account kubernetes-faasctl-endpoint) in namespace faasctl, "
+        "authenticated by the client credentials in Secret gc-client: it accepts tasks of that Globus identity only; "
+        "the worker pods run as uid 1000, created by that service account"
+    )
     assert isinstance(write, WriteFiles) and write.directory == tmp_path
     assert isinstance(install, RunCommand)
     assert list(install.argv) == [helm, "upgrade", "--install", "kubernetes", str(CHART), "--namespace", "faasctl",

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from faasctl.deploy.base import Action, Deployer, DeployStatus, RemovePath, RunCommand, WriteFiles
+from faasctl.deploy.base import Action, Deployer, DeployStatus, RemovePath, RunCommand, Who, WriteFiles
 from faasctl.exceptions import DeployError
 
 __all__ = ["HelmDeployer", "chart_dir", "helm_binary", "chart_values", "validate_values"]
@@ -206,9 +206,24 @@ class HelmDeployer(Deployer):
             argv += ["--kube-context", self.kube_context]
         return argv
 
+    def who(self) -> str:
+        """Which accounts the release runs as, from the merged values and the site's worker pods."""
+        values = validate_values(self.values(), self.chart)
+        endpoint = values["endpoint"]
+        uid = (endpoint.get("podSecurityContext") or {}).get("runAsUser", "the image's user")
+        account = values["serviceAccount"].get("name") or f"{self.release}-{CHART_NAME}"
+        provider = self.site.provider
+        workers = f"uid {provider.user_id}" if provider.user_id is not None else "the worker image's user"
+        return (
+            f"single-user endpoint pod (uid {uid}, service account {account}) in namespace {self.namespace}, "
+            f"authenticated by the client credentials in Secret {endpoint['credentials']['secretName']}: it accepts "
+            f"tasks of that Globus identity only; the worker pods run as {workers}, created by that service account"
+        )
+
     def plan(self) -> list[Action]:
-        """Write the checked values file, then ``helm upgrade --install``."""
+        """Say who runs what, write the checked values file, then ``helm upgrade --install``."""
         return [
+            Who(self.who()),
             WriteFiles(self.state_dir, {"values.yaml": self.values_yaml()}),
             RunCommand(self._base(
                 "upgrade", "--install", self.release, str(self.chart),

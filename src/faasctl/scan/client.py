@@ -179,7 +179,7 @@ class FitClient:
         if self.check_stack and queue:
             from faasctl.stack import check_worker
 
-            check_worker(self.executor)
+            check_worker(self.executor, self.timeout)
             self.check_stack = False  # once per client
         seeds = self._seeds()
         running: dict[cf.Future[Any], _Task] = {}
