@@ -417,6 +417,8 @@ def test_broken_identity_mapping_is_refused(rule: str, message: str) -> None:
 def test_privileged_keys_need_a_privileged_endpoint() -> None:
     with pytest.raises(SiteConfigError, match="endpoint.identity_mapping = .*only used by a privileged endpoint"):
         load_site("river", overrides=[PRIVILEGED[2]])
+    with pytest.raises(SiteConfigError, match="endpoint.identity_mapping_config_path = '/etc/idmap.json'.*not both"):
+        load_site("river", overrides=[*PRIVILEGED, "endpoint.identity_mapping_config_path=/etc/idmap.json"])
 
 
 def test_apptainer_image_reference() -> None:

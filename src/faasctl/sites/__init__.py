@@ -42,6 +42,7 @@ from faasctl.sites.model import (
     KubernetesSettings,
     LauncherSettings,
     LocalSettings,
+    PamSettings,
     PBSProSettings,
     ProviderSettings,
     SiteRecord,
@@ -51,6 +52,7 @@ from faasctl.sites.model import (
 __all__ = [
     "SiteRecord",
     "EndpointSettings",
+    "PamSettings",
     "EngineSettings",
     "ContainerSettings",
     "LauncherSettings",

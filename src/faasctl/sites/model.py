@@ -5,6 +5,10 @@ local processes) and with which partition/queue, account, blocks, walltime, laun
 worker environment (``worker_init`` or a container image) and network address.
 ``faasctl.sites.render`` turns it into a Globus Compute endpoint folder.
 
+A record may also make the endpoint privileged (multi-user: run as root, mapping each Globus
+identity to a local account) and carry Globus Compute's security keys (``endpoint.*``); its
+``facility`` names whose published rules ``faasctl.sites.lint`` checks at render time.
+
 The models only check shapes, types and combinations that are known to be wrong; anything
 passed through ``options`` goes verbatim to parsl and is checked by Globus Compute's own
 loader when the endpoint is rendered (``faasctl.sites.render.validate_endpoint``). Validators
@@ -296,10 +300,16 @@ class EndpointSettings(_Model):
                     raise FieldError(f"endpoint.{key}", getattr(self, key), "only used by a privileged endpoint: set endpoint.privileged: true")
         return self
 
-    @property
-    def mapping_file(self) -> str | None:
-        """The identity mapping file faasctl writes beside config.yaml, if any."""
-        return IDENTITY_MAPPING_FILE if self.identity_mapping else None
+    @model_validator(mode="after")
+    def _one_mapping_source(self) -> EndpointSettings:
+        # rules are written into the endpoint folder, which config.yaml then names; a path is a file kept elsewhere
+        if self.identity_mapping and self.identity_mapping_config_path:
+            raise FieldError(
+                "endpoint.identity_mapping_config_path", self.identity_mapping_config_path,
+                "give identity_mapping rules (faasctl writes identity_mapping_config.json beside config.yaml) "
+                "or the path of an existing mapping file, not both",
+            )
+        return self
 
 
 class ContainerSettings(_Model):
