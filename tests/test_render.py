@@ -421,6 +421,15 @@ def test_privileged_keys_need_a_privileged_endpoint() -> None:
         load_site("river", overrides=[*PRIVILEGED, "endpoint.identity_mapping_config_path=/etc/idmap.json"])
 
 
+def test_perlmutter_offers_podman_hpc(loaded: Any) -> None:
+    """NERSC's container path: the pyhf worker image through podman-hpc, with the srun -c fix kept."""
+    site = load_site("perlmutter", overrides=["image=ghcr.io/faasctl/faasctl-worker:0.1.0-cpu", "container.type=podman-hpc"])
+    config = loaded(render_endpoint(site), {"account": "m1234"})
+    assert (config.engine.container_type, config.engine.container_uri) == ("podman-hpc", site.image)
+    provider = config.engine.executor.provider
+    assert provider.launcher.overrides.startswith("-c 256") and provider.cmd_timeout == 120
+
+
 def test_apptainer_image_reference() -> None:
     docker_ref = render_endpoint(load_site("river"))["user_config_template.yaml.j2"]
     assert 'container_uri: "docker://ghcr.io/faasctl/faasctl-worker:0.1.0-cpu"' in docker_ref
