@@ -174,6 +174,7 @@ class FitClient:
         Raises:
             PatchError: a name is not in the pallet.
             ScanError: the executor refuses tasks (shut down, not connected).
+            StackMismatch: the workers run another Python minor, dill, pyhf or faasctl (``check_stack``).
         """
         queue = deque(_Job(p) for p in _select(pallet, patches))
         if self.check_stack and queue:
