@@ -49,7 +49,10 @@ class Violation:
     source: str
 
     def __str__(self) -> str:
-        return f"rule {self.rule}: {self.field} = {self.value!r}: {self.message} (source: {self.source})"
+        value = repr(self.value)
+        if len(value) > 80:  # worker_init and friends: enough to recognise, still one line
+            value = value[:77] + "..."
+        return f"rule {self.rule}: {self.field} = {value}: {self.message} (source: {self.source})"
 
 
 @dataclass(frozen=True)
