@@ -31,19 +31,15 @@ def _finite_or_none(values: list[float]) -> list[float | None]:
     return [v if math.isfinite(v) else None for v in values]
 
 
-def _fit(spec: dict) -> dict[str, list[float | None]]:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+def _fit(spec: dict, tolerance: float | None) -> list[float | None]:
     import warnings
 
     from faasctl.study import pyhf_hypotest
 
-    out = {}
-    for key, tolerance in (("default", None), ("converged", CONVERGED_TOLERANCE)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pyhf warns on the degenerate patches whose CLs is NaN
-            obs, exp = pyhf_hypotest(spec, validate=False, tolerance=tolerance)
-        out[key] = _finite_or_none([obs, *exp])
-    return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyhf warns on the degenerate patches whose CLs is NaN
+        obs, exp = pyhf_hypotest(spec, validate=False, tolerance=tolerance)
+    return _finite_or_none([obs, *exp])
 
 
 def make(name: str, jobs: int) -> Path:
@@ -63,16 +59,18 @@ def make(name: str, jobs: int) -> Path:
             "converged_tolerance": CONVERGED_TOLERANCE,
             "patches": {},
         }
-    todo = [p for p in pallet.patches if p not in doc["patches"]]
-    with cf.ProcessPoolExecutor(jobs) as pool:
-        futures = {pool.submit(_fit, pallet.workspace_spec(pallet.patches[p])): p for p in todo}
-        for i, future in enumerate(cf.as_completed(futures), 1):
-            doc["patches"][futures[future]] = future.result()
-            doc["patches"] = dict(sorted(doc["patches"].items()))
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, indent=1) + "\n")
-            os.replace(tmp, path)
-            print(f"{name}: {i}/{len(todo)} {futures[future]}", flush=True)
+    # Two passes, pyhf's defaults first: they are the reference wherever they converge.
+    for key, tolerance in (("default", None), ("converged", CONVERGED_TOLERANCE)):
+        todo = [p for p in pallet.patches if key not in doc["patches"].get(p, {})]
+        with cf.ProcessPoolExecutor(jobs) as pool:
+            futures = {pool.submit(_fit, pallet.workspace_spec(pallet.patches[p]), tolerance): p for p in todo}
+            for i, future in enumerate(cf.as_completed(futures), 1):
+                doc["patches"].setdefault(futures[future], {})[key] = future.result()
+                doc["patches"] = dict(sorted(doc["patches"].items()))
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(doc, indent=1) + "\n")
+                os.replace(tmp, path)
+                print(f"{name} {key}: {i}/{len(todo)} {futures[future]}", flush=True)
     return path
 
 
