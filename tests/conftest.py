@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -111,7 +110,3 @@ def pyhf_reference(pallet: Pallet, name: str) -> list[float]:
     if key not in _COMPUTED:
         _COMPUTED[key] = cls_values(pyhf_hypotest(pallet.workspace_spec(patch, shared=True)))
     return _COMPUTED[key]
-
-
-def is_finite(values: list[float | None]) -> bool:
-    return all(v is not None and math.isfinite(v) for v in values)
