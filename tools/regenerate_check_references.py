@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from enum import Enum
-from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Optional, Sequence
 
@@ -33,6 +31,7 @@ from faasctl.check.reference import (
 )
 from faasctl.exceptions import PalletError
 from faasctl.pallets import Pallet, load_pallet, workspace_digest
+from faasctl.scan.worker import worker_info
 from faasctl.study import MODIFIER_SETTINGS, pyhf_hypotest
 
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -45,13 +44,8 @@ class Suite(str, Enum):
 
 
 def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("pyhf", "numpy", "scipy"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return versions
+    info = worker_info()
+    return {name: info[name] for name in ("python", "pyhf", "numpy", "scipy")}
 
 
 def _reference_fits(pallet: Pallet, names: Sequence[str], *, carry_operations: bool) -> list[ReferenceFit]:

@@ -31,15 +31,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from faasctl.check.reference import (
-    SUITES,
-    Reference,
-    ReferenceFit,
-    find_pallet,
-    load_reference,
-    pallets_folder,
-    synthetic_reference_pallet,
-)
+from faasctl.check.reference import SUITES, Reference, ReferenceFit, find_pallet, load_reference, pallets_folder
+from faasctl.check.reference import synthetic_reference_pallet
 from faasctl.exceptions import EndpointUnhealthy, PalletError
 from faasctl.executors import open_executor
 from faasctl.pallets.load import Pallet, load_pallet
