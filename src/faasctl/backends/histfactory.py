@@ -140,8 +140,8 @@ def parse_sample(sample: Mapping[str, Any], nbins: int, where: str) -> SampleBlo
 class BackgroundCache:
     """Parsed samples of one background workspace, keyed by object identity.
 
-    A shared `faasctl.pallets.apply_patch` keeps the background's sample objects, so a sample whose object is
-    the background's own is parsed once per worker, not once per patch.
+    A shared `faasctl.pallets.apply_patch` keeps the background's sample objects, so a sample
+    whose object is the background's own is parsed once per worker, not once per patch.
     """
 
     def __init__(self, background: Mapping[str, Any]) -> None:
