@@ -38,8 +38,10 @@ def _reference(name: str) -> dict[str, Any]:
 
 
 def _cases() -> list[Any]:
+    # a missing reference file fails test_reference_covers_every_patch, not the collection
     return [pytest.param(pallet, patch, id=f"{pallet}-{patch}")
-            for pallet in PALLETS for patch in _reference(pallet)["patches"]]
+            for pallet in PALLETS if (REFERENCE_DATA / f"{pallet}.json").exists()
+            for patch in _reference(pallet)["patches"]]
 
 
 @pytest.fixture(scope="module")
