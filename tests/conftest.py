@@ -7,15 +7,23 @@ starting everything, so there a missing service fails the run instead of skippin
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from faasctl.pallets import Pallet
+from faasctl.study import agrees, pyhf_hypotest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "simple"
 SHARED_PALLETS = ROOT.parent / "shared" / "pallets"
+#: Plain pyhf's CLs for every patch of the real pallets (tests/data/make_references.py).
+REFERENCE_DATA = ROOT / "tests" / "data" / "reference"
 REQUIRE_SERVICES = os.environ.get("FAASCTL_REQUIRE_SERVICES") == "1"
 
 
@@ -53,3 +61,52 @@ def staus_record() -> Path:
 def which(tool: str) -> str | None:
     """``tool`` on PATH or in the project's .tools/bin (where .ci/helm-get.sh puts helm)."""
     return shutil.which(tool) or shutil.which(tool, path=str(ROOT / ".tools" / "bin"))
+
+
+# --- agreement with plain pyhf -------------------------------------------------------------------
+
+
+def cls_values(answer: Any) -> list[float]:
+    """[CLs_obs, *CLs_exp] of a hypotest's ``(obs, [exp])``, a `PatchResult`, a results.json record or a list."""
+    if isinstance(answer, dict):
+        return [answer["cls_obs"], *answer["cls_exp"]]
+    if hasattr(answer, "cls_obs"):
+        return [answer.cls_obs, *answer.cls_exp]
+    if len(answer) == 2 and not isinstance(answer[1], (int, float)):
+        return [answer[0], *answer[1]]
+    return list(answer)
+
+
+def assert_agrees(got: Any, want: Any, what: str = "") -> None:
+    """``got`` equals ``want`` within the study's tolerance (`faasctl.study.agrees`)."""
+    got, want = cls_values(got), cls_values(want)
+    assert agrees(got, want), f"{what}: {got} does not agree with plain pyhf's {want}"
+
+
+@functools.cache
+def stored_references(digest: str) -> dict[str, Any]:
+    """The committed reference CLs of the pallet whose background has ``digest`` (``{}`` if none)."""
+    for path in sorted(REFERENCE_DATA.glob("*.json")):
+        doc = json.loads(path.read_text())
+        if doc.get("digest") == digest:
+            return dict(doc["patches"])
+    return {}
+
+
+_COMPUTED: dict[tuple[str, str, str], list[float]] = {}
+
+
+def pyhf_reference(pallet: Pallet, name: str) -> list[float]:
+    """[CLs_obs, *CLs_exp] of patch ``name`` as plain pyhf computes it (`faasctl.study.pyhf_hypotest`).
+
+    For the real pallets the values committed in tests/data/reference (pyhf's default settings)
+    are used; other patches are fitted once per test session.
+    """
+    stored = stored_references(pallet.digest).get(name)
+    if stored is not None and all(v is not None for v in stored["default"]):
+        return list(stored["default"])
+    patch = pallet.patches[name]
+    key = (pallet.digest, name, json.dumps(patch.operations, sort_keys=True))
+    if key not in _COMPUTED:
+        _COMPUTED[key] = cls_values(pyhf_hypotest(pallet.workspace_spec(patch, shared=True)))
+    return _COMPUTED[key]

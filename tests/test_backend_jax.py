@@ -18,23 +18,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import pyhf  # noqa: E402
 
-from conftest import SHARED_PALLETS, require  # noqa: E402
+from conftest import SHARED_PALLETS, assert_agrees, pyhf_reference, require  # noqa: E402
 from faasctl.backends import get_backend  # noqa: E402
 from faasctl.backends import jax as jax_backend  # noqa: E402
-from faasctl.backends.histfactory import BackgroundCache, UnsupportedModel, build_arrays, patched_spec  # noqa: E402
+from faasctl.backends.histfactory import BackgroundCache, UnsupportedModel, build_arrays  # noqa: E402
 from faasctl.study import pyhf_hypotest  # noqa: E402
 from faasctl.study import MODIFIER_SETTINGS  # noqa: E402
-from faasctl.pallets.load import Patch, apply_patch, load_pallet, workspace_digest  # noqa: E402
-
-RTOL, ATOL = 1e-3, 1e-5
-
-
-def assert_agrees(got, want, what):
-    got = [got[0], *got[1]]
-    want = [want[0], *want[1]]
-    for g, w in zip(got, want):
-        assert abs(g - w) <= ATOL or abs(g - w) <= RTOL * abs(w), f"{what}: jax {got} vs pyhf {want}"
-
+from faasctl.pallets import Patch, apply_patch, load_pallet, workspace_digest  # noqa: E402
 
 @pytest.fixture(scope="module")
 def engine():
@@ -170,7 +160,7 @@ def test_example_pallet_matches_pyhf_on_every_patch(engine, example):
     for patch in example.patches.values():
         got = engine.hypotest(example.background, example.digest, patch)
         assert all(isinstance(v, float) for v in [got[0], *got[1]])
-        assert_agrees(got, pyhf_hypotest(example.workspace_spec(patch)), patch.name)
+        assert_agrees(got, pyhf_reference(example, patch.name), patch.name)
 
 
 def test_compiled_once_for_all_patches(engine, example):
@@ -193,7 +183,7 @@ def test_x64_does_not_leak(engine, example):
 def test_patch_is_applied_without_copying_the_background(example):
     background_before = copy.deepcopy(example.background)
     for patch in example.patches.values():
-        spec = patched_spec(example.background, patch.operations)
+        spec = apply_patch(example.background, patch, shared=True)
         assert spec == apply_patch(example.background, patch)
         # untouched samples are the background's own objects
         assert spec["channels"][0]["samples"][0] is example.background["channels"][0]["samples"][0]
@@ -203,10 +193,10 @@ def test_patch_is_applied_without_copying_the_background(example):
 def test_background_samples_are_parsed_once(example):
     cache = BackgroundCache(example.background)
     first, second = list(example.patches.values())[:2]
-    a = build_arrays(patched_spec(example.background, first.operations), cache)
+    a = build_arrays(apply_patch(example.background, first, shared=True), cache)
     sample = example.background["channels"][0]["samples"][0]
     block = cache.block(sample, len(sample["data"]), "here")
-    build_arrays(patched_spec(example.background, second.operations), cache)
+    build_arrays(apply_patch(example.background, second, shared=True), cache)
     assert cache.block(sample, len(sample["data"]), "here") is block
     assert a.shape == build_arrays(example.workspace_spec(second)).shape
 
@@ -278,7 +268,7 @@ def test_1lbb_sample_matches_pyhf(pallet_1lbb):
     engine = jax_backend.JaxBackend(fallback=False)
     for name in SAMPLE_1LBB:
         got = engine.hypotest(pallet.background, pallet.digest, pallet.patches[name])
-        assert_agrees(got, pyhf_hypotest(pallet.workspace_spec(pallet.patches[name])), name)
+        assert_agrees(got, pyhf_reference(pallet, name), name)
 
 
 @pytest.mark.pallets
@@ -290,4 +280,4 @@ def test_staus_sample_matches_pyhf():
     engine = jax_backend.JaxBackend(fallback=False)
     for name in SAMPLE_STAUS:
         got = engine.hypotest(pallet.background, pallet.digest, pallet.patches[name])
-        assert_agrees(got, pyhf_hypotest(pallet.workspace_spec(pallet.patches[name])), name)
+        assert_agrees(got, pyhf_reference(pallet, name), name)

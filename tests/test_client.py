@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyhf
+import pyhf  # noqa: F401 - imported before test_process_pool forks its workers
 import pytest
 
+from conftest import assert_agrees, pyhf_reference
 from faasctl.executors.capacity import executor_capacity
 from faasctl.scan.client import FitClient
-from faasctl.study import agrees
 from faasctl.executors.local import local_executor
 from faasctl.exceptions import PatchError
 from faasctl.pallets.load import Pallet, load_pallet, workspace_digest
@@ -53,31 +53,12 @@ def other_pallet() -> Pallet:
                   labels=base.labels, digest=workspace_digest(background))
 
 
-_PYHF: dict[tuple[str, str], list[float]] = {}
-
-
-def pyhf_cls(pallet: Pallet, name: str) -> list[float]:
-    """[CLs_obs, *CLs_exp] of ``name`` as plain pyhf computes it (the study's settings)."""
-    if (pallet.digest, name) not in _PYHF:
-        _PYHF[pallet.digest, name] = _pyhf_cls(pallet, name)
-    return _PYHF[pallet.digest, name]
-
-
-def _pyhf_cls(pallet: Pallet, name: str) -> list[float]:
-    pyhf.set_backend("numpy")
-    workspace = pyhf.Workspace(pallet.workspace_spec(pallet.patches[name]))
-    model = workspace.model(modifier_settings={"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}})
-    cls_obs, cls_exp = pyhf.infer.hypotest(1.0, workspace.data(model), model, test_stat="qtilde",
-                                           return_expected_set=True)
-    return [float(cls_obs), *(float(v) for v in cls_exp)]
-
-
 def assert_matches_pyhf(results: list[PatchResult], pallet: Pallet, names: list[str] | None = None) -> None:
     names = list(pallet.patches) if names is None else names
     assert sorted(r.patch for r in results) == sorted(names), "one result per patch"
     for r in results:
         assert r.ok, f"{r.patch}: {r.error}"
-        assert agrees([r.cls_obs, *r.cls_exp], pyhf_cls(pallet, r.patch)), (r.patch, r.backend if hasattr(r, 'backend') else None)
+        assert_agrees(r, pyhf_reference(pallet, r.patch), f"{r.patch} ({r.backend})")
 
 
 # --- task functions for the failure paths --------------------------------------------------------
@@ -289,7 +270,7 @@ def test_wrong_pallet_bounces_for_its_background(parsl_ex):
     assert client.bounces >= 1 and client.background_sends == client.bounces
     # the answers are the other pallet's, not the cached background's
     for r in results:
-        assert r.cls_obs != pytest.approx(pyhf_cls(simple_pallet(), r.patch)[0], rel=1e-3)
+        assert r.cls_obs != pytest.approx(pyhf_reference(simple_pallet(), r.patch)[0], rel=1e-3)
 
 
 def test_lost_task_is_resubmitted(parsl_ex, tmp_path):

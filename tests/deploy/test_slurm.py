@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLE, require
+from conftest import EXAMPLE, assert_agrees, require
 from faasctl.study import pyhf_hypotest
 from faasctl.scan.client import FitClient
 from faasctl.executors.site import site_executor
 from faasctl.study import WORKER_ENV
-from faasctl.pallets.load import Pallet, apply_patch, load_pallet
+from faasctl.pallets import Pallet, apply_patch, load_pallet
 from faasctl.scan.results import PatchResult, ResultStore
 from faasctl.scan.runner import Scan, pallet_record, run_scan
 from faasctl.sites import load_site
@@ -78,9 +78,7 @@ def _site(**blocks: int) -> Any:
 
 def _agrees(result: PatchResult, reference: dict[str, tuple[float, list[float]]]) -> None:
     assert result.ok, result.error
-    obs, exp = reference[result.patch]
-    assert result.cls_obs == pytest.approx(obs, rel=1e-3, abs=1e-5), result.patch
-    assert result.cls_exp == pytest.approx(exp, rel=1e-3, abs=1e-5), result.patch
+    assert_agrees(result, reference[result.patch], result.patch)
 
 
 def _slurm_job(job_id: str) -> str:

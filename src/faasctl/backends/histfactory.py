@@ -18,8 +18,8 @@ to sizes that rarely change between patches, so one compiled function serves a w
 
 Only what differs between patches is rebuilt per patch: samples of the background are
 parsed once per background (keyed by object identity, see `BackgroundCache`), the patch is
-applied copy-on-write instead of deep-copying the background (`patched_spec`), and the
-parameter layout is cached per model structure (`Structure`).
+applied copy-on-write instead of deep-copying the background (`faasctl.pallets.apply_patch`
+with ``shared=True``), and the parameter layout is cached per model structure (`Structure`).
 
 Anything this module does not implement exactly as pyhf does raises `UnsupportedModel`;
 the jax backend then hands the patch to plain pyhf.
@@ -29,22 +29,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
-from jsonpatch import JsonPatchException
-from jsonpointer import JsonPointerException
-
 from faasctl.exceptions import FaasctlError
-from faasctl.pallets.patching import apply_patch_shared
 
 __all__ = [
     "UnsupportedModel",
     "ModelArrays",
     "Structure",
     "BackgroundCache",
-    "patched_spec",
     "build_arrays",
     "MODIFIER_TYPES",
 ]
@@ -70,23 +65,6 @@ class UnsupportedModel(FaasctlError):
 
     The jax backend catches it and fits the patch with plain pyhf instead.
     """
-
-
-# --- copy-on-write patching ----------------------------------------------------------------
-
-
-def patched_spec(background: Mapping[str, Any], operations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """``background`` with the JSON Patch ``operations`` applied, sharing what they leave alone.
-
-    Only the containers on the path of each operation are copied (`faasctl.pallets.patching`); every
-    other object, in particular the unchanged samples, is the background's own. The result
-    must be treated as read-only. An operation that does not apply raises `UnsupportedModel`
-    (the caller then uses the general `faasctl.pallets.load.apply_patch`, which names the error).
-    """
-    try:
-        return apply_patch_shared(background, operations)
-    except (JsonPatchException, JsonPointerException) as err:
-        raise UnsupportedModel(f"patch does not apply: {err}") from err
 
 
 # --- parsed samples ------------------------------------------------------------------------
@@ -162,8 +140,8 @@ def parse_sample(sample: Mapping[str, Any], nbins: int, where: str) -> SampleBlo
 class BackgroundCache:
     """Parsed samples of one background workspace, keyed by object identity.
 
-    `patched_spec` shares the background's sample objects, so a sample whose object is
-    the background's own is parsed once per worker, not once per patch.
+    A shared `faasctl.pallets.apply_patch` keeps the background's sample objects, so a sample
+    whose object is the background's own is parsed once per worker, not once per patch.
     """
 
     def __init__(self, background: Mapping[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 How one patch is computed:
 
-1. The patch is applied copy-on-write (`histfactory.patched_spec`: no deep copy of the
+1. The patch is applied copy-on-write (`faasctl.pallets.apply_patch`, shared: no deep copy of the
    background) and turned into padded dense arrays (`histfactory.build_arrays`): pyhf
    0.7.6's HistFactory semantics (parameter order, inits, bounds, fixed parameters,
    constraints, auxiliary data) with everything patch-specific as array *values*.
@@ -63,11 +63,11 @@ from faasctl.backends.histfactory import (
     UnsupportedModel,
     build_arrays,
     check_settings,
-    patched_spec,
 )
 from faasctl.exceptions import FaasctlError
 from faasctl.study import MODIFIER_SETTINGS
-from faasctl.pallets.load import Patch, apply_patch
+from faasctl.pallets.load import Patch
+from faasctl.pallets.patching import apply_patch
 
 __all__ = ["JaxBackend", "FitNotConverged", "backend", "TRACES", "cls_from_teststats"]
 
@@ -473,10 +473,7 @@ class JaxBackend(Backend):
         """
         check_settings(MODIFIER_SETTINGS)  # the study's interpolation codes are the ones implemented
         state = self._background(background, digest)
-        try:
-            spec = patched_spec(background, patch.operations)
-        except UnsupportedModel:
-            spec = apply_patch(background, patch)  # general path: deep copy + jsonpatch
+        spec = apply_patch(background, patch, shared=True)
         return build_arrays(spec, state.cache, state.structures, min_cells=state.min_cells)
 
     # -- fitting ------------------------------------------------------------------------
@@ -522,7 +519,7 @@ class JaxBackend(Backend):
             log.warning("patch %s: %s; computing it with plain pyhf instead", patch.name, err)
             from faasctl.study import pyhf_hypotest
 
-            return pyhf_hypotest(apply_patch(background, patch))
+            return pyhf_hypotest(apply_patch(background, patch, shared=True))
         finally:
             self.stats["seconds"] += time.perf_counter() - start
         return result

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from faasctl.backends.base import Backend, HypotestResult
-from faasctl.pallets.load import Patch, apply_patch
+from faasctl.pallets.load import Patch
+from faasctl.pallets.patching import apply_patch
 from faasctl.study import pyhf_hypotest
 
 __all__ = ["NumpyBackend", "backend"]

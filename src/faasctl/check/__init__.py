@@ -1,5 +1,20 @@
-"""Health-check fits: does an endpoint still compute the right CLs after an upgrade? See `faasctl.check.core`."""
+"""Health-check fits: does an endpoint still compute the right CLs after an upgrade?
 
-from faasctl.check.core import CheckReport, CheckResult, check_target, load_reference, run_check
+`reference` holds the suites and plain pyhf's stored answers, `run` sends the fits and judges them.
+"""
 
-__all__ = ["CheckReport", "CheckResult", "check_target", "load_reference", "run_check"]
+from faasctl.check.reference import SUITES, Reference, ReferenceFit, load_reference, synthetic_reference_pallet
+from faasctl.check.run import CheckReport, CheckResult, check_target, compare, run_check
+
+__all__ = [
+    "SUITES",
+    "CheckReport",
+    "CheckResult",
+    "Reference",
+    "ReferenceFit",
+    "check_target",
+    "compare",
+    "load_reference",
+    "run_check",
+    "synthetic_reference_pallet",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -11,7 +12,7 @@ from rich.console import Console
 from faasctl.cli import options
 
 if TYPE_CHECKING:
-    from faasctl.check.core import CheckReport
+    from faasctl.check import CheckReport
 
 app = typer.Typer()
 console = Console()
@@ -24,7 +25,7 @@ EXIT_HELP = (
 
 
 class Suite(str, Enum):
-    """Health-check suites (see `faasctl.check.core`)."""
+    """Health-check suites (see `faasctl.check.run`)."""
 
     quick = "quick"
     full = "full"
@@ -43,6 +44,9 @@ def check(
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds each fit may take.")] = 120.0,
     start_timeout: Annotated[float, typer.Option(
         min=0.1, help="Seconds to wait for the first worker to answer (workers starting, blocks queued).")] = 300.0,
+    pallets: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", envvar="FAASCTL_PALLETS", help="The folder holding the real pallets of the full suite "
+        "(DIR/1Lbb); without it those checks are skipped.", show_default=False)] = None,
     backend: options.Backend = options.BackendName.numpy,
     as_json: options.Json = False,
 ) -> None:
@@ -58,14 +62,14 @@ def check(
 
       faasctl check --endpoint 2f9c4f1e-0b7a-4d0e-9a52-6f3c1d2e8b7a --suite full --json
     """
-    from faasctl.check.core import check_target
+    from faasctl.check import check_target
 
     if endpoint and site:
         raise typer.BadParameter("give --endpoint or --site, not both", param_hint="--endpoint / --site")
     target = f"endpoint {endpoint}" if endpoint else f"site {site or 'local'}"
     with err_console.status(f"Checking {target} ({suite.value} suite) …"):
         report = check_target(endpoint=endpoint, site=site or "local", suite=suite.value, timeout=timeout,
-                              start_timeout=start_timeout, backend=backend.value)
+                              start_timeout=start_timeout, backend=backend.value, pallets=pallets)
     if as_json:
         typer.echo(report.model_dump_json(indent=2, by_alias=True))
     else:

@@ -8,7 +8,7 @@ a worker unpacks them, runs the function and packs a ``Result``
 (``globus_compute_endpoint.engines.helper.execute_task``), which travels back to the SDK.
 
 `EngineExecutor` plays the SDK's and the cloud's part of that trip, byte for byte, so the
-functions faasctl sends to endpoints (`faasctl.scan.client.FitClient`, `faasctl.check.core`) run here
+functions faasctl sends to endpoints (`faasctl.scan.client.FitClient`, `faasctl.check`) run here
 exactly as they will on an endpoint, without the cloud: serialization, the worker-side
 unpacking, the engine's error packing and the SDK's ``TaskExecutionFailed`` included.
 

@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Any
 
 __all__ = ["main", "run_selftest", "synthetic_pallet"]
-
-#: Agreement asked of a non-reference backend with plain pyhf (relative, absolute).
-RTOL, ATOL = 1e-3, 1e-5
 
 
 def synthetic_pallet() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -54,7 +50,7 @@ def run_selftest(pallet: str | None = None, patch: str | None = None, backend: s
         patch: the patch to fit (default: the pallet's first).
         backend: ``numpy``, ``jax`` or ``auto``.
     """
-    from faasctl.pallets.load import Patch, apply_patch, load_pallet, workspace_digest
+    from faasctl.pallets import Patch, apply_patch, load_pallet, workspace_digest
     from faasctl.scan.worker import fit_patch, worker_info
 
     if pallet is None:
@@ -72,14 +68,14 @@ def run_selftest(pallet: str | None = None, patch: str | None = None, backend: s
     if ok and result["backend"] != "numpy":
         import jax
 
-        from faasctl.study import pyhf_hypotest
+        from faasctl.study import agrees, pyhf_hypotest
 
         report["devices"] = [str(d) for d in jax.devices()]
-        spec = apply_patch(background, Patch(patch_info["name"], tuple(patch_info["values"]), patch_info["operations"]))
+        patch_obj = Patch(patch_info["name"], tuple(patch_info["values"]), patch_info["operations"])
+        spec = apply_patch(background, patch_obj, shared=True)
         ref_obs, ref_exp = pyhf_hypotest(spec)
         report["reference"] = {"backend": "numpy", "cls_obs": ref_obs, "cls_exp": ref_exp}
-        pairs = zip([result["cls_obs"], *result["cls_exp"]], [ref_obs, *ref_exp])
-        ok = all(math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL) for a, b in pairs)
+        ok = agrees([result["cls_obs"], *result["cls_exp"]], [ref_obs, *ref_exp])
     report["ok"] = ok
     return report
 

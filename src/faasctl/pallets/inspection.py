@@ -32,7 +32,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from faasctl.exceptions import PalletError
 from faasctl.study import MODIFIER_SETTINGS
-from faasctl.pallets.load import Pallet, Patch, apply_patch
+from faasctl.pallets.load import Pallet, Patch
+from faasctl.pallets.patching import apply_patch
 
 __all__ = [
     "structure_key",
@@ -267,46 +268,28 @@ class Inspection:
 _SAMPLE_PATH = re.compile(r"^/channels/(0|[1-9][0-9]*)/samples/(0|[1-9][0-9]*|-)$")
 
 
-def _apply_to_samples(
-    background: Mapping[str, Any], operations: Sequence[Any]
-) -> tuple[dict[str, Any], list[tuple[int, int, Any]]] | None:
-    """``operations`` applied, if all add, replace or remove whole samples; else None.
+def _new_samples(spec: Mapping[str, Any], operations: Sequence[Any]) -> list[tuple[int, int, Any]] | None:
+    """The samples ``operations`` put into ``spec``, if all add, replace or remove whole samples; else None.
 
-    Only the channels touched are copied: the result shares every other object with
-    ``background`` and the operations, and must not be modified. Returns the spec and the
-    new samples as (operation index, channel index, sample).
+    Returns (operation index, channel index, sample) for each sample added or replaced: with a
+    shared `apply_patch` these are the operations' own values, and every other sample is the
+    background's. None (the whole spec must be checked) for any other operation, or when a
+    channel is left without samples (the full check names it).
     """
-    doc = dict(background)
-    channels = doc["channels"] = list(background["channels"])
-    copied: set[int] = set()
     added: list[tuple[int, int, Any]] = []
+    touched: set[int] = set()
     for i, op in enumerate(operations):
-        if not isinstance(op, dict) or op.get("op") not in ("add", "replace", "remove"):
-            return None
         match = _SAMPLE_PATH.match(str(op.get("path", "")))
-        if match is None or int(match[1]) >= len(channels):
+        if match is None or op.get("op") not in ("add", "replace", "remove"):
             return None
         c = int(match[1])
-        if c not in copied:
-            if not isinstance(channels[c], dict) or not isinstance(channels[c].get("samples"), list):
-                return None
-            channels[c] = {**channels[c], "samples": list(channels[c]["samples"])}
-            copied.add(c)
-        samples = channels[c]["samples"]
-        j = len(samples) if match[2] == "-" else int(match[2])
-        if op["op"] == "add" and j <= len(samples) and "value" in op:
-            samples.insert(j, op["value"])
+        touched.add(c)
+        if op["op"] != "remove":
             added.append((i, c, op["value"]))
-        elif op["op"] == "replace" and j < len(samples) and "value" in op:
-            samples[j] = op["value"]
-            added.append((i, c, op["value"]))
-        elif op["op"] == "remove" and j < len(samples):
-            del samples[j]
-        else:
-            return None
-    if any(not channels[c]["samples"] for c in copied):
-        return None  # the full check names the empty channel
-    return doc, added
+    channels = spec["channels"]
+    if any(not isinstance(channels[c].get("samples"), list) or not channels[c]["samples"] for c in touched):
+        return None
+    return added
 
 
 class _SampleSchema:
@@ -450,12 +433,12 @@ class _Examiner:
     def _patched(self, patch: Patch) -> dict[str, Any]:
         """The patched spec, checked against pyhf's schema; raise PalletError naming the problem."""
         where = patch.source or self.pallet.patchset_file
-        fast = _apply_to_samples(self.pallet.background, patch.operations)
-        if fast is None:
+        spec = apply_patch(self.pallet.background, patch, shared=True, where=self.pallet.patchset_file)
+        added = _new_samples(spec, patch.operations)
+        if added is None:
             import pyhf.exceptions
             import pyhf.schema
 
-            spec = apply_patch(self.pallet.background, patch, where=self.pallet.patchset_file)
             try:
                 pyhf.schema.validate(spec, "workspace.json")
             except pyhf.exceptions.InvalidSpecification as err:
@@ -464,7 +447,6 @@ class _Examiner:
                     f"{_short(err.parent.message)}"
                 ) from err
             return spec
-        spec, added = fast
         self._schema = self._schema or _SampleSchema()
         names: set[str] = set()
         channels: set[str] = set()

@@ -19,12 +19,7 @@ import logging
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from jsonpatch import JsonPatchException
-from jsonpointer import JsonPointerException
-
-from faasctl.exceptions import PatchError
 from faasctl.pallets.load import Pallet, Patch, load_pallet
-from faasctl.pallets.patching import apply_patch_shared
 from faasctl.scan.client import FitClient
 from faasctl.scan.results import PatchResult, ResultStore
 from faasctl.study import DEFAULT_BACKEND
@@ -59,10 +54,7 @@ def check_patches(pallet: Pallet, patches: Sequence[Patch]) -> None:
         PatchError: naming the patch, the patchset file and the failing operation.
     """
     for patch in patches:
-        try:
-            apply_patch_shared(pallet.background, patch.operations)
-        except (JsonPatchException, JsonPointerException) as err:
-            raise PatchError(f"{patch.source or pallet.patchset_file}: patch {patch.name!r} does not apply to the background: {err}") from err
+        pallet.workspace_spec(patch, shared=True)
 
 
 class Scan:

@@ -97,7 +97,7 @@ def endpoint_templates_dir() -> Path:
     packaged = Path(str(resources.files("faasctl"))) / "endpoint_templates"
     if packaged.is_dir():
         return packaged
-    # editable install: src/faasctl/render.py -> repository root
+    # editable install: src/faasctl/sites/render.py -> repository root
     return Path(__file__).resolve().parents[3] / "endpoint_templates"
 
 

@@ -1,5 +1,0 @@
-import sys
-
-from faasctl.check.core import main
-
-sys.exit(main())
