@@ -18,7 +18,7 @@ Usage::
     python benchmarks/scan_1lbb.py --pallet examples/simple --scan-patches 12
     python benchmarks/scan_1lbb.py --json /tmp/bench.json --numpy-scan
 
-The process runs with the workers' thread settings (`faasctl.executors.local.WORKER_ENV`: one
+The process runs with the workers' thread settings (`faasctl.study.WORKER_ENV`: one
 thread, XLA single-threaded) unless ``--default-threads`` is given, so in-process and
 worker numbers compare.
 """

@@ -173,7 +173,7 @@ def _jinja_env() -> Any:
 def _worker_init(site: SiteRecord) -> str:
     exports = "\n".join(f"export {key}={shlex.quote(value)}" for key, value in WORKER_ENV.items())
     lines = [site.worker_init.rstrip("\n")] if site.worker_init.strip() else []
-    lines += ["# faasctl: one thread per worker process (faasctl.executors.local.WORKER_ENV)", exports]
+    lines += ["# faasctl: one thread per worker process (faasctl.study.WORKER_ENV)", exports]
     return "\n".join(lines) + "\n"
 
 
