@@ -32,8 +32,9 @@ def worker_init_exports(extra: dict[str, str] | None = None) -> str:
     return "; ".join(f"export {k}='{v}'" for k, v in env.items())
 
 
-#: parsl's interchange, started with this Python rather than found on PATH (a venv need not be activated).
-INTERCHANGE_CMD = [sys.executable, "-m", "parsl.executors.high_throughput.interchange"]
+#: parsl's interchange, started with this Python rather than found on PATH (a venv need not be
+#: activated), through a wrapper that makes it ignore Ctrl-C and end with its client.
+INTERCHANGE_CMD = [sys.executable, "-m", "faasctl.executors._interchange"]
 
 
 def this_python_first_on_path() -> str:
