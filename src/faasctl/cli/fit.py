@@ -104,6 +104,8 @@ def fit(
     if direct == (site == "local" and site_file is None):
         raise SiteConfigError(f"site {site!r}: use --site NAME --direct for a site's own blocks, or the default 'local' without --direct")
     site_record = options.resolve_site(site, site_file, set_) if direct else None
+    if out is not None:
+        options.check_out_folder(out)
     if workers is not None and workers > _cores() and site_record is None:
         console.print(f"[yellow]warning:[/] --workers {workers} is more than the {_cores()} cores here; "
                       f"running {_cores()} workers.", highlight=False)

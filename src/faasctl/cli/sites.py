@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from faasctl.cli import options
-from faasctl.cli.options import SetValues, SiteFile, SiteName, resolve_site
+from faasctl.cli.options import SetValues, SiteFile, SiteName, check_out_folder, resolve_site
 
 if TYPE_CHECKING:
     pass
@@ -116,6 +116,8 @@ def render(
 
     if (out is None) == (not print_):
         raise typer.BadParameter("give exactly one of --out DIR or --print", param_hint="--out/--print")
+    if out is not None:
+        check_out_folder(out)
     record = resolve_site(site, site_file, set_)
     files = render_endpoint(record)
     if print_:
