@@ -1,0 +1,57 @@
+"""The CLI's error paths: user strings printed as given, reports written even on failure, one exit-code table."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import faasctl.exceptions as exceptions
+from faasctl.cli.main import app
+
+runner = CliRunner()
+
+MARKUP = "mk[/red]"
+
+
+@pytest.fixture
+def marked_pallet(tmp_path, example_pallet) -> Path:
+    """The example pallet in a folder whose path holds rich markup."""
+    target = tmp_path / MARKUP / "pallet[bold]"
+    shutil.copytree(example_pallet, target)
+    return target
+
+
+def test_markup_in_paths_is_printed_as_given(marked_pallet, tmp_path):
+    result = runner.invoke(app, ["fit", str(marked_pallet), "-p", "nope", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert f"{MARKUP}/pallet[bold]" in " ".join(result.output.split()).replace(" ", "")  # not parsed as markup
+    inspected = runner.invoke(app, ["pallet", "inspect", str(marked_pallet)])
+    assert inspected.exit_code == 0, inspected.output
+    assert "pallet[bold]" in inspected.output
+
+
+def test_check_json_writes_the_report_when_the_service_cannot_be_reached(monkeypatch):
+    """A real Globus SDK with a made-up client identity: the service refuses it, or cannot be reached (no network)."""
+    monkeypatch.setenv("GLOBUS_COMPUTE_CLIENT_ID", "2f9c4f1e-0b7a-4d0e-9a52-6f3c1d2e8b7a")
+    monkeypatch.setenv("GLOBUS_COMPUTE_CLIENT_SECRET", "not-a-secret")
+    result = runner.invoke(app, ["check", "--endpoint", "2f9c4f1e-0b7a-4d0e-9a52-6f3c1d2e8b7a", "--json"])
+    assert result.exit_code in (1, 2), result.output
+    report = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert report["healthy"] is False and report["target"] == "endpoint 2f9c4f1e-0b7a-4d0e-9a52-6f3c1d2e8b7a"
+    assert [c["status"] for c in report["checks"]] == ["error"] and report["checks"][0]["message"]
+
+
+def test_every_error_exits_with_a_documented_code():
+    """Each FaasctlError's exit code is in the table of docs/exit-codes.md (0, 1, 2, 130), and the table lists them."""
+    table = (Path(__file__).parents[1] / "docs" / "exit-codes.md").read_text()
+    documented = {int(code) for code in re.findall(r"^\| `(\d+)` \|", table, flags=re.M)}
+    assert documented == {0, 1, 2, 130}
+    for name in exceptions.__all__:
+        cls = getattr(exceptions, name)
+        assert cls.exit_code in (1, 2), (name, cls.exit_code)
+        assert f"`{name}`" in table, f"{name} is not in docs/exit-codes.md"
