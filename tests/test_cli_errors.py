@@ -55,3 +55,27 @@ def test_every_error_exits_with_a_documented_code():
         cls = getattr(exceptions, name)
         assert cls.exit_code in (1, 2), (name, cls.exit_code)
         assert f"`{name}`" in table, f"{name} is not in docs/exit-codes.md"
+
+
+def test_site_file_with_yaml_aliases_is_refused_in_one_short_line(tmp_path):
+    """Nested aliases ("billion laughs") would expand to a huge value, and a huge error line."""
+    path = tmp_path / "laughs.yaml"
+    lines = ["name: laughs", 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["render", "--site-file", str(path), "--print"])
+    assert result.exit_code == 2, result.output[:500]
+    message = " ".join(result.output.split())
+    assert "not valid YAML: line 3 column 10: alias *l0: site files may not use aliases" in message
+    assert len(result.output) < 500
+
+
+def test_multi_line_yaml_error_is_one_line_with_its_place(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nprovider:\n  type: [unclosed\n  other: 1\n")
+    from faasctl.exceptions import SiteConfigError
+    from faasctl.sites import load_site
+
+    with pytest.raises(SiteConfigError) as excinfo:
+        load_site("", site_file=path)
+    assert str(excinfo.value) == f"site file {path}: not valid YAML: line 4 column 8: expected ',' or ']', but got ':'"
