@@ -79,3 +79,31 @@ def test_multi_line_yaml_error_is_one_line_with_its_place(tmp_path):
     with pytest.raises(SiteConfigError) as excinfo:
         load_site("", site_file=path)
     assert str(excinfo.value) == f"site file {path}: not valid YAML: line 4 column 8: expected ',' or ']', but got ':'"
+
+
+def test_direct_mode_without_a_scheduler_fails_once_naming_it(example_pallet, tmp_path, monkeypatch):
+    """No sbatch on PATH (a real absence, not a stub): one error naming Slurm, before any block or patch."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["fit", str(example_pallet), "--site", "slurm", "--direct", "--out", str(tmp_path / "o"),
+                                 "--no-plot"])
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.output.split())
+    assert "error: site 'slurm': Slurm is not available here: sbatch, squeue, scancel not found on PATH" in message
+    assert "failed" not in message.replace("error:", "")  # no patch recorded as failed
+    from faasctl.scan.results import load_results
+
+    assert load_results(tmp_path / "o") == {}
+
+
+@pytest.mark.slurm
+def test_scheduler_check_passes_where_slurm_answers():
+    from faasctl.executors.site import check_scheduler, site_config
+    from faasctl.sites import load_site
+
+    if shutil.which("squeue") is None:
+        pytest.skip("no Slurm here (.ci/slurm-up.sh)")
+    site = load_site("slurm")
+    check_scheduler(site, site_config(site).executors[0].provider)
