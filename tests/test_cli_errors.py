@@ -107,3 +107,16 @@ def test_scheduler_check_passes_where_slurm_answers():
         pytest.skip("no Slurm here (.ci/slurm-up.sh)")
     site = load_site("slurm")
     check_scheduler(site, site_config(site).executors[0].provider)
+
+
+def test_ctrl_c_in_any_command_exits_130(monkeypatch, example_pallet):
+    """click turns KeyboardInterrupt into "Aborted!" and status 1; faasctl's table says 130."""
+    import faasctl.pallets.load
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(faasctl.pallets.load, "load_pallet", interrupted)
+    result = runner.invoke(app, ["pallet", "inspect", str(example_pallet)])
+    assert result.exit_code == 130, result.output
+    assert "Interrupted." in result.output and "Traceback" not in result.output
