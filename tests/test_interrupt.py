@@ -1,4 +1,4 @@
-"""Interrupting ``faasctl fit``: a clean exit 130 that keeps every result and leaves no process behind.
+"""Interrupting ``faasctl fit``: a clean exit 130 that keeps every result and leaves no process or temp folder behind.
 
 Real processes throughout: the CLI in a subprocess (its own session, as a terminal's foreground job),
 parsl's interchange and a local worker pool, signalled as a terminal or a batch system would.
@@ -33,7 +33,7 @@ def _marked(mark: str) -> set[int]:
     return found
 
 
-def _wait_until(condition, what: str, limit: float = 120) -> None:
+def _wait_until(condition, what: str, limit: float = 300) -> None:
     deadline = time.monotonic() + limit
     while not condition():
         if time.monotonic() > deadline:
@@ -45,11 +45,13 @@ def _wait_until(condition, what: str, limit: float = 120) -> None:
                          ids=["ctrl-c-to-group", "sigterm", "sighup"])
 def test_interrupted_scan_exits_130_keeps_results_and_leaves_no_process(example_pallet, tmp_path, signum, group):
     out = tmp_path / "out"
+    tmp = tmp_path / "tmp"  # the CLI's temporary folders (parsl's run folder) go here, to be checked
+    tmp.mkdir()
     mark = uuid.uuid4().hex
     cmd = [sys.executable, "-m", "faasctl.cli", "fit", str(example_pallet), "--backend", "numpy", "-w", "1",
            "--out", str(out), "--no-plot"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "FAASCTL_TEST_MARK": mark})
+                            env={**os.environ, "FAASCTL_TEST_MARK": mark, "TMPDIR": str(tmp)})
     try:
         _wait_until(lambda: proc.poll() is not None or (out / "results.sqlite").exists() and len(load_results(out)) >= 1,
                     "no result")
@@ -58,7 +60,7 @@ def test_interrupted_scan_exits_130_keeps_results_and_leaves_no_process(example_
             os.killpg(proc.pid, signum)
         else:
             proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -70,3 +72,4 @@ def test_interrupted_scan_exits_130_keeps_results_and_leaves_no_process(example_
     # everything exported at exit: results.json holds what the database holds
     assert (out / "results.json").exists()
     _wait_until(lambda: not _marked(mark), f"processes {sorted(_marked(mark))} still running", limit=30)
+    assert not list(tmp.iterdir()), "temporary folders left behind"
