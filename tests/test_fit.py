@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from conftest import assert_agrees, pyhf_reference
 from faasctl.cli.main import app
 from faasctl.pallets.load import load_pallet
+from faasctl.scan.results import load_results
 
 runner = CliRunner()
 
@@ -66,7 +67,7 @@ def test_resume_after_kill_refits_nothing_done(example_pallet, tmp_path):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if (out / "results.json").exists() and len(_results(out / "results.json")) >= 3:
+            if (out / "results.sqlite").exists() and len(load_results(out)) >= 3:
                 break
             assert proc.poll() is None, "the scan ended before it could be killed"
             time.sleep(0.05)
@@ -75,7 +76,7 @@ def test_resume_after_kill_refits_nothing_done(example_pallet, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    before = _results(out / "results.json")  # parses: the file is never torn
+    before = {name: r.model_dump() for name, r in load_results(out).items()}  # every result recorded
     assert 3 <= len(before) < 12
 
     result = runner.invoke(app, ["fit", str(example_pallet), "-w", "2", "--out", str(out), "--no-plot"])

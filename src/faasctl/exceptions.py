@@ -1,12 +1,11 @@
 """One error hierarchy for faasctl.
 
-Each error carries the exit status the CLI returns for it. Only ``faasctl.cli.main``
+Each error carries the exit status the CLI returns for it (docs/exit-codes.md): 1 when
+something failed at run time, 2 for bad input (a usage error). Only ``faasctl.cli.main``
 turns errors into exits; library code raises.
 """
 
 from __future__ import annotations
-
-import os
 
 __all__ = [
     "FaasctlError",
@@ -17,6 +16,7 @@ __all__ = [
     "ImageBuildError",
     "DeployError",
     "ScanError",
+    "ResultsError",
     "EndpointUnhealthy",
     "StackMismatch",
     "MissingExtra",
@@ -57,19 +57,29 @@ class RenderError(FaasctlError):
 class ImageBuildError(FaasctlError):
     """Raised when a worker image cannot be built (no engine, failed step)."""
 
-    exit_code = os.EX_UNAVAILABLE
+    exit_code = 1
 
 
 class DeployError(FaasctlError):
     """Raised when deploying, querying or tearing down an endpoint fails."""
 
-    exit_code = os.EX_UNAVAILABLE
+    exit_code = 1
 
 
 class ScanError(FaasctlError):
-    """Raised when a scan cannot go on (results folder belongs to another pallet, engine failed)."""
+    """Raised when a scan cannot go on (the engine failed, no scheduler to run blocks)."""
 
-    exit_code = os.EX_SOFTWARE
+    exit_code = 1
+
+
+class ResultsError(ScanError):
+    """Raised when a results folder cannot be used: not a writable folder, results of another
+    pallet, an unreadable results file, or in use by another scan.
+
+    Bad input: the CLI exits with status 2.
+    """
+
+    exit_code = 2
 
 
 class EndpointUnhealthy(FaasctlError):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from faasctl.cli import options
+from faasctl.exceptions import EndpointUnhealthy, FaasctlError
+from faasctl.scan.client import error_text
 
 if TYPE_CHECKING:
     from faasctl.check import CheckReport
@@ -67,9 +71,25 @@ def check(
     if endpoint and site:
         raise typer.BadParameter("give --endpoint or --site, not both", param_hint="--endpoint / --site")
     target = f"endpoint {endpoint}" if endpoint else f"site {site or 'local'}"
-    with err_console.status(f"Checking {target} ({suite.value} suite) …"):
-        report = check_target(endpoint=endpoint, site=site or "local", suite=suite.value, timeout=timeout,
-                              start_timeout=start_timeout, backend=backend.value, pallets=pallets)
+    start = time.monotonic()
+    try:
+        with err_console.status(f"Checking {escape(target)} ({suite.value} suite) …"):
+            report = check_target(endpoint=endpoint, site=site or "local", suite=suite.value, timeout=timeout,
+                                  start_timeout=start_timeout, backend=backend.value, pallets=pallets)
+    except Exception as err:  # not logged in, unreachable service, engine that does not start
+        failure = err if isinstance(err, FaasctlError) else EndpointUnhealthy(f"{target}: {error_text(err)}")
+        if as_json:  # cron and CI read the report: write it, with the error in it
+            from faasctl.check import CheckReport, CheckResult
+
+            report = CheckReport(
+                target=target, suite=suite.value, backend=backend.value, timeout=timeout, start_timeout=start_timeout,
+                healthy=False, elapsed=round(time.monotonic() - start, 3),
+                checks=[CheckResult(name="connect", suite=suite.value, status="error", message=str(failure))],
+            )
+            typer.echo(report.model_dump_json(indent=2, by_alias=True))
+        if failure is err:
+            raise
+        raise failure from err
     if as_json:
         typer.echo(report.model_dump_json(indent=2, by_alias=True))
     else:
@@ -91,15 +111,15 @@ def _print_report(report: CheckReport) -> None:
         return
     from rich.table import Table
 
-    table = Table(title=f"{report.target}: {report.suite} suite, backend {report.backend}")
+    table = Table(title=f"{escape(report.target)}: {report.suite} suite, backend {report.backend}")
     for column, justify in (("check", "left"), ("suite", "left"), ("result", "left"), ("s", "right"),
                             ("fit s", "right"), ("worker", "left"), ("details", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for c in report.checks:
         table.add_row(
-            c.name, c.suite, f"[{_STYLE[c.status]}]{c.status}[/]",
+            escape(c.name), c.suite, f"[{_STYLE[c.status]}]{c.status}[/]",
             "" if c.seconds is None else f"{c.seconds:.1f}", "" if c.fit_time is None else f"{c.fit_time:.2f}",
-            c.worker or "", c.message,
+            escape(c.worker or ""), escape(c.message),
         )
     console.print(table)
     style = "green" if report.healthy else "bold red"

@@ -43,9 +43,9 @@ Values = Annotated[
 
 DEPLOY_HELP = (
     "Exit status: 0 done (or planned, with --dry-run); 2 invalid site record or endpoint config; "
-    "69 chart values refused, or a command failed."
+    "1 chart values refused, or a command failed."
 )
-STATUS_HELP = "Exit status: 0 the endpoint is running (helm: the release is deployed); 1 it is not; 69 the query failed."
+STATUS_HELP = "Exit status: 0 the endpoint is running (helm: the release is deployed); 1 it is not, or the query failed."
 
 
 def _deployer(site: str | None, site_file: Path | None, set_: list[str] | None, secret: str | None = None,

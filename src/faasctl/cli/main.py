@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from faasctl import __version__
@@ -25,13 +26,19 @@ err_console = Console(stderr=True)
 
 
 class _Group(TyperGroup):
-    """Prints a `FaasctlError` as one line and exits with its code, with no traceback."""
+    """Prints a `FaasctlError` as one line and exits with its code, with no traceback.
+
+    Statuses (docs/exit-codes.md): 0 done, 1 something failed, 2 bad input, 130 interrupted.
+    """
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
+            err_console.print("Interrupted.", highlight=False)
+            raise typer.Exit(130) from None
         except FaasctlError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(err.exit_code) from err
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, List, Optional
@@ -79,3 +80,16 @@ def resolve_site(site: str | None, site_file: Path | None, overrides: list[str] 
     if not site and site_file is None:
         raise typer.BadParameter("name a site (--site NAME) or a site file (--site-file PATH)", param_hint="--site")
     return load_site(site or "", site_file=site_file, overrides=overrides or ())
+
+
+def check_out_folder(path: Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is a file, lies under a file, or cannot be written."""
+    path = path.expanduser()
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, which is not a folder"
+        raise typer.BadParameter(f"{path} {where}", param_hint=flag)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"{path}: {existing} is not writable", param_hint=flag)

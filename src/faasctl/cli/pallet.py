@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from faasctl.cli import options
@@ -54,7 +55,7 @@ def inspect(
     from faasctl.pallets.inspection import inspect_pallet
     from faasctl.pallets.load import load_pallet
 
-    with err_console.status(f"Reading {pallet} …"):
+    with err_console.status(f"Reading {escape(str(pallet))} …"):
         # a digest mismatch is a finding to report here, not an error
         loaded = load_pallet(pallet, region=region, labels=labels, ignore_digest=True)
     bar = _LazyProgress(f"Checking {len(loaded)} patches")
@@ -109,20 +110,20 @@ def _print_report(report: Inspection, list_patches: bool) -> None:
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold", no_wrap=True)
     info.add_column(overflow="fold")
-    region = report.region or "(one region)"
+    region = escape(report.region or "(one region)")
     if len(report.regions) > 1:
-        region += f"  of {len(report.regions)}: {', '.join(report.regions)}"
-    info.add_row("pallet", report.source)
+        region += f"  of {len(report.regions)}: {escape(', '.join(report.regions))}"
+    info.add_row("pallet", escape(report.source))
     info.add_row("region", region)
     if report.layout == LAYOUT_PATCH_FILES:
         info.add_row("layout", "patch files: one patch.NAME.json per point, values read from the names")
     else:
         info.add_row("layout", "patchset: BkgOnly.json + patchset.json")
-    info.add_row("background", report.background_file)
-    info.add_row("patches", f"{report.patch_count} in {report.patches_file}")
+    info.add_row("background", escape(report.background_file))
+    info.add_row("patches", f"{report.patch_count} in {escape(report.patches_file)}")
     info.add_row(
         "values",
-        "   ".join(f"{label}: {v['min']:g} … {v['max']:g} ({v['distinct']} values)" for label, v in report.values.items())
+        "   ".join(f"{escape(label)}: {v['min']:g} … {v['max']:g} ({v['distinct']} values)" for label, v in report.values.items())
         or "(none)",
     )
     status = report.digest_status
@@ -139,7 +140,7 @@ def _print_report(report: Inspection, list_patches: bool) -> None:
         info.add_row(
             "model",
             f"{len(model.channels)} channels, {model.bins} bins, {model.samples} samples, "
-            f"{model.parameters} parameters ({model.parameter_sets} named), POI {model.poi}  [dim](patch {model.patch})[/]",
+            f"{model.parameters} parameters ({model.parameter_sets} named), POI {escape(str(model.poi))}  [dim](patch {escape(model.patch)})[/]",
         )
     applied = sum(len(v) for v in report.structures.values())
     if report.shared_structure and applied:
@@ -147,9 +148,9 @@ def _print_report(report: Inspection, list_patches: bool) -> None:
     elif applied:
         structure = f"{len(report.structures)} different structures among {applied} patches: batched/compiled fits need one per structure"
         if report.varying_modifiers:
-            structure += f"\nsignal modifiers in some patches only: {_few(list(report.varying_modifiers))}"
+            structure += f"\nsignal modifiers in some patches only: {escape(_few(list(report.varying_modifiers)))}"
         if report.varying_channels:
-            structure += f"\nchannels only some patches add to: {_few(list(report.varying_channels))}"
+            structure += f"\nchannels only some patches add to: {escape(_few(list(report.varying_channels)))}"
     else:
         structure = "(no patch applies)"
     info.add_row("structure", structure)
@@ -167,14 +168,14 @@ def _print_report(report: Inspection, list_patches: bool) -> None:
         channels.add_column("bins", justify="right")
         channels.add_column("samples")
         for channel in model.channels:
-            channels.add_row(channel["name"], str(channel["bins"]), ", ".join(channel["samples"]))
+            channels.add_row(escape(channel["name"]), str(channel["bins"]), escape(", ".join(channel["samples"])))
         console.print(channels, highlight=False)
         modifiers = Table(title="modifiers", title_justify="left")
         modifiers.add_column("type")
         modifiers.add_column("parameters", justify="right")
         modifiers.add_column("on samples", justify="right")
         for mtype, counts in model.modifiers.items():
-            modifiers.add_row(mtype, str(counts["parameters"]), str(counts["uses"]))
+            modifiers.add_row(escape(mtype), str(counts["parameters"]), str(counts["uses"]))
         console.print(modifiers, highlight=False)
 
     if report.failed:
@@ -182,7 +183,7 @@ def _print_report(report: Inspection, list_patches: bool) -> None:
         failed.add_column("patch")
         failed.add_column("reason", overflow="fold")
         for name, reason in report.failed.items():
-            failed.add_row(name, reason)
+            failed.add_row(escape(name), escape(reason))
         console.print(failed, highlight=False)
 
     if list_patches:
@@ -190,12 +191,12 @@ def _print_report(report: Inspection, list_patches: bool) -> None:
         patches = Table(title="patches", title_justify="left")
         patches.add_column("patch")
         for label in report.labels:
-            patches.add_column(label, justify="right")
+            patches.add_column(escape(label), justify="right")
         patches.add_column("structure", justify="right")
         patches.add_column("builds")
         for name, values in report.patch_values.items():
             cells = [f"{v:g}" for v in values[: len(report.labels)]]
             cells += [""] * (len(report.labels) - len(cells))
             ok = "[red]no[/]" if name in report.failed else "yes"
-            patches.add_row(name, *cells, str(structure_of.get(name, "")), ok)
+            patches.add_row(escape(name), *cells, str(structure_of.get(name, "")), ok)
         console.print(patches, highlight=False)

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
 from faasctl.cli import options
-from faasctl.cli.options import SetValues, SiteFile, SiteName, resolve_site
+from faasctl.cli.options import SetValues, SiteFile, SiteName, check_out_folder, resolve_site
 
 if TYPE_CHECKING:
     pass
@@ -54,7 +55,7 @@ def list_(json_: options.Json = False) -> None:
 
     table = Table("site", "provider", "description", "source")
     for row in rows:
-        table.add_row(row["name"], row["provider"], row["description"], row["source"])
+        table.add_row(*(escape(str(row[k])) for k in ("name", "provider", "description", "source")))
     console.print(table)
 
 
@@ -116,6 +117,8 @@ def render(
 
     if (out is None) == (not print_):
         raise typer.BadParameter("give exactly one of --out DIR or --print", param_hint="--out/--print")
+    if out is not None:
+        check_out_folder(out)
     record = resolve_site(site, site_file, set_)
     files = render_endpoint(record, endpoint_dir=out)  # a privileged config.yaml names its mapping file there
     if print_:
@@ -126,7 +129,7 @@ def render(
         return
     assert out is not None
     written = write_endpoint(files, out)
-    console.print(f"Wrote {len(written)} files to {out} (checked with Globus Compute's loader).", highlight=False)
+    console.print(f"Wrote {len(written)} files to {escape(str(out))} (checked with Globus Compute's loader).", highlight=False)
     if out.expanduser().resolve().parent.name != ".globus_compute":
-        console.print(f"Install: copy the folder to ~/.globus_compute/{out.name}/", highlight=False)
-    console.print(f"Start:   globus-compute-endpoint start {out.name}", highlight=False)
+        console.print(f"Install: copy the folder to ~/.globus_compute/{escape(out.name)}/", highlight=False)
+    console.print(f"Start:   globus-compute-endpoint start {escape(out.name)}", highlight=False)

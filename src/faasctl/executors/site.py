@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import getpass
 import logging
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from faasctl.executors.parsl import INTERCHANGE_CMD, ParslExecutor, this_python_first_on_path, worker_init_exports
-from faasctl.exceptions import DeployError
+from faasctl.exceptions import DeployError, ScanError
 
-__all__ = ["site_executor", "site_config", "default_run_dir"]
+__all__ = ["site_executor", "site_config", "default_run_dir", "check_scheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,39 @@ def _join_init(*parts: str | None) -> str:
 def _polling_every(cls: type, seconds: float) -> type:
     """``cls`` with another scheduler polling interval (parsl makes it a read-only property)."""
     return type(cls.__name__, (cls,), {"status_polling_interval": property(lambda self: seconds), "__module__": cls.__module__})
+
+
+#: provider class -> (scheduler, commands it submits with, a cheap query that fails when the scheduler is down)
+_SCHEDULERS = {
+    "SlurmProvider": ("Slurm", ("sbatch", "squeue", "scancel"), ("squeue", "--noheader", "--user", getpass.getuser())),
+    "PBSProProvider": ("PBS", ("qsub", "qstat", "qdel"), ("qstat", "-B")),
+}
+
+
+def check_scheduler(site: Any, provider: Any, *, timeout: float = 30.0) -> None:
+    """Fail once, naming the scheduler, when it cannot take blocks: its commands missing, or it does not answer.
+
+    Without this, every block submission fails in turn, and every patch is recorded as failed
+    after its retries.
+
+    Raises:
+        ScanError: a command is not on PATH, or the status query fails.
+    """
+    known = next((v for k, v in _SCHEDULERS.items() if any(c.__name__ == k for c in type(provider).__mro__)), None)
+    if known is None:
+        return
+    scheduler, commands, query = known
+    missing = [c for c in commands if shutil.which(c) is None]
+    if missing:
+        raise ScanError(f"site {site.name!r}: {scheduler} is not available here: {', '.join(missing)} not found on PATH "
+                        "(direct mode runs on the site's login node)")
+    try:
+        done = subprocess.run(query, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ScanError(f"site {site.name!r}: {scheduler} does not answer: {' '.join(query)} took over {timeout:g} s") from None
+    if done.returncode != 0:
+        why = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()[0][:200]
+        raise ScanError(f"site {site.name!r}: {scheduler} does not answer: {' '.join(query)}: {why}")
 
 
 def default_run_dir(site: Any) -> Path:
@@ -176,6 +212,7 @@ def site_executor(
         heartbeat_threshold=heartbeat_threshold, failed_blocks=failed_blocks,
     )
     log.info("direct mode on site %s: %s blocks from %s", site.name, type(config.executors[0].provider).__name__, run_dir)
+    check_scheduler(site, config.executors[0].provider)
     executor = ParslExecutor(config)
     try:
         yield executor

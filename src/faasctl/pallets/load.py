@@ -206,6 +206,14 @@ class _Budget:
         self.where = where
         self.total = 0
 
+    def check_room(self, n: int, name: str) -> None:
+        """Refuse early, from a declared size, what `charge` would refuse after decompressing."""
+        if self.total + n > MAX_TOTAL_BYTES:
+            raise PalletError(
+                f"{self.where}: refusing archive at {name!r}: it declares more than {MAX_TOTAL_BYTES} "
+                "bytes in all (a decompression bomb?)"
+            )
+
     def charge(self, n: int, name: str) -> None:
         self.total += n
         if self.total > MAX_TOTAL_BYTES:
@@ -231,6 +239,41 @@ def _read_limited(fobj: IO[bytes], where: str, budget: _Budget | None) -> bytes:
     return b"".join(chunks)
 
 
+def _require_regular(item: Path | IO[bytes], where: str) -> None:
+    """Refuse a FIFO, device or socket (read without bound, or blocking) by its ``stat``, before reading."""
+    mode = (os.stat(item) if isinstance(item, Path) else os.fstat(item.fileno())).st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file"
+        raise PalletError(f"{where}: refusing: {kind}, not a regular file")
+
+
+class _NonFinite(str):
+    """What a ``NaN`` or ``Infinity`` literal parses to, so that the error can name its field."""
+
+
+def _json_loads(data: bytes) -> tuple[Any, bool]:
+    """JSON with ``NaN`` / ``Infinity`` kept as `_NonFinite` markers; whether any occurred."""
+    seen: list[str] = []
+
+    def constant(token: str) -> _NonFinite:
+        seen.append(token)
+        return _NonFinite(token)
+
+    return json.loads(data, parse_constant=constant), bool(seen)
+
+
+def _find_non_finite(doc: Any, path: str = "") -> tuple[str, str] | None:
+    """The dotted path and token of the first `_NonFinite` in ``doc``."""
+    if isinstance(doc, _NonFinite):
+        return path or "(top)", str(doc)
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for key, value in items:
+        found = _find_non_finite(value, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
 class _Tree:
     """Read-only view of the pallet files of a source (a folder or an archive)."""
 
@@ -253,9 +296,13 @@ class _Tree:
         where = self.describe(name)
         if isinstance(item, Path):
             try:
-                if item.stat().st_size > MAX_MEMBER_BYTES:
-                    raise PalletError(f"{where}: refusing: more than {MAX_MEMBER_BYTES} bytes")
-                data = item.read_bytes()
+                _require_regular(item, where)
+                # O_NONBLOCK: a FIFO swapped in after the check must not block the open;
+                # the size is counted as read, not trusted from st_size (/dev/zero says 0)
+                fd = os.open(item, os.O_RDONLY | os.O_NONBLOCK)
+                with os.fdopen(fd, "rb") as fh:
+                    _require_regular(fh, where)
+                    data = _read_limited(fh, where, None)
             except OSError as err:
                 raise PalletError(f"{where}: cannot read: {err.strerror or err}") from err
         else:
@@ -269,8 +316,13 @@ class _Tree:
         return data
 
     def read_json(self, name: str) -> Any:
+        """The parsed JSON of ``name``; numbers must be finite (JSON has no NaN, Python's parser allows it)."""
         try:
-            return json.loads(self.read(name))
+            doc, non_finite = _json_loads(self.read(name))
+            if non_finite:
+                field_path, token = _find_non_finite(doc) or ("(unknown)", "NaN")
+                raise PalletError(f"{self.describe(name)}: {field_path} is {token}: numbers must be finite")
+            return doc
         except json.JSONDecodeError as err:
             raise PalletError(
                 f"{self.describe(name)}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
@@ -337,6 +389,7 @@ def _tar_members(fobj: IO[bytes], where: str, budget: _Budget, depth: int) -> di
                     continue
                 if name in files:
                     raise _refuse(where, member.name, "appears twice")
+                budget.check_room(member.size, member.name)  # before decompressing it
                 extracted = tar.extractfile(member)
                 assert extracted is not None  # a regular file
                 files[name] = _read_limited(extracted, f"{where}:{name}", budget)
@@ -352,6 +405,10 @@ def _zip_members(fobj: IO[bytes], where: str, budget: _Budget, depth: int) -> di
             infos = zf.infolist()
             if len(infos) > MAX_MEMBERS:
                 raise PalletError(f"{where}: refusing archive: more than {MAX_MEMBERS} members")
+            # the central directory declares every size: refuse before decompressing anything
+            # (sizes are still counted as read, in case the directory lies)
+            declared = sum(i.file_size for i in infos if _is_wanted(i.filename) or _is_archive_name(i.filename))
+            budget.check_room(declared, f"{len(infos)} members")
             for info in infos:
                 name = _safe_name(where, info.filename)
                 mode = info.external_attr >> 16
@@ -397,6 +454,7 @@ def _open_tree(path: Path) -> _Tree:
         return _folder_tree(path)
     budget = _Budget(str(path))
     try:
+        _require_regular(path, str(path))
         is_zip = zipfile.is_zipfile(path)
         is_tar = not is_zip and tarfile.is_tarfile(path)
     except OSError as err:
@@ -503,6 +561,9 @@ def _parse_labels(labels: str | Sequence[str] | None) -> list[str] | None:
     given = [s.strip() for s in labels.split(",")] if isinstance(labels, str) else [str(s).strip() for s in labels]
     if not given or any(not s for s in given):
         raise PalletError(f"--labels {','.join(given)!r}: give one non-empty name per value, separated by commas")
+    twice = sorted({s for s in given if given.count(s) > 1})
+    if twice:
+        raise PalletError(f"--labels {','.join(given)!r}: {', '.join(twice)} given twice; each value needs its own name")
     return given
 
 
@@ -510,13 +571,24 @@ def _patches_from_patchset(tree: _Tree, name: str) -> tuple[dict[str, Patch], li
     patchset = tree.read_json(name)
     where = tree.describe(name)
     _validate(patchset, "patchset.json", where)
+    labels = list(patchset["metadata"]["labels"])
     patches: dict[str, Patch] = {}
     for i, entry in enumerate(patchset["patches"]):
         meta = entry["metadata"]
         if meta["name"] in patches:
             raise PalletError(f"{where}: patches[{i}].metadata.name {meta['name']!r} is not unique")
-        patches[meta["name"]] = Patch(meta["name"], tuple(float(v) for v in meta["values"]), entry["patch"], where)
-    return patches, list(patchset["metadata"]["labels"]), patchset["metadata"]["digests"].get("sha256")
+        values = meta["values"]
+        for j, v in enumerate(values):
+            # pyhf's schema allows strings; a scan needs numbers (tables, the plot, the order)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise PalletError(f"{where}: patches[{i}].metadata.values[{j}] is {v!r}, not a number")
+        if len(values) != len(labels):
+            raise PalletError(
+                f"{where}: patches[{i}].metadata.values has {len(values)} values but metadata.labels has "
+                f"{len(labels)} ({', '.join(labels)})"
+            )
+        patches[meta["name"]] = Patch(meta["name"], tuple(float(v) for v in values), entry["patch"], where)
+    return patches, labels, patchset["metadata"]["digests"].get("sha256")
 
 
 def _patches_from_files(tree: _Tree, files: list[str]) -> tuple[dict[str, Patch], list[str]]:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -55,9 +56,13 @@ from faasctl.pallets.load import Pallet, Patch
 from faasctl.scan.results import PatchResult
 from faasctl.scan.worker import NEED_BACKGROUND, fit_patch
 
-__all__ = ["FitClient", "TaskFunction", "run_batch", "error_text"]
+__all__ = ["FitClient", "TaskFunction", "run_batch", "error_text", "DEFAULT_TIMEOUT"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds a patch may be in flight with no task finishing meanwhile (see ``timeout``): far above
+#: any fit of the published pallets (1Lbb: seconds), short enough that a stuck worker ends the scan.
+DEFAULT_TIMEOUT = 600.0
 
 #: What runs on a worker: a task dict in, a result record (`faasctl.scan.results.PatchResult`) out.
 TaskFunction = Callable[[dict[str, Any]], dict[str, Any]]
@@ -101,7 +106,7 @@ class FitClient:
         max_in_flight: tasks submitted but not finished at once; a window keeps memory
             flat for large pallets and lets a slow worker's backlog drain elsewhere.
         timeout: seconds a patch may take, counted as described in the module docstring;
-            a patch over it is recorded as failed (``None``: no limit).
+            a patch over it is recorded as failed (default `DEFAULT_TIMEOUT`, 10 min; ``None``: no limit).
         retries: how often a task lost to infrastructure (worker died, block cancelled)
             is resubmitted. Fits that fail are results, and are not retried.
         batch_size: patches per task (default 1). Each batch runs on one worker in turn.
@@ -128,15 +133,15 @@ class FitClient:
         *,
         backend: str = DEFAULT_BACKEND,
         max_in_flight: int = 64,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
         retries: int = 2,
         batch_size: int = 1,
         background_seeds: int | None = None,
         function: TaskFunction = fit_patch,
         check_stack: bool = True,
     ) -> None:
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be positive seconds or None, not {timeout!r}")
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be positive finite seconds or None, not {timeout!r}")
         self.executor = executor
         self.backend = backend
         self.max_in_flight = max(1, max_in_flight)

@@ -5,26 +5,27 @@
     from faasctl.scan import Scan
     from faasctl.executors import open_executor
 
-    scan = Scan("../shared/pallets/1Lbb", out="results/1Lbb")   # resumes from results/1Lbb/results.json
-    with open_executor(workers=2) as executor:
-        for result in scan.run(executor):
-            print(result.patch, result.cls_obs)
-    scan.plot()
+    with Scan("../shared/pallets/1Lbb", out="results/1Lbb") as scan:  # resumes from results/1Lbb
+        with open_executor(workers=2) as executor:
+            for result in scan.run(executor):
+                print(result.patch, result.cls_obs)
+        scan.plot()
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+from importlib.metadata import version
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from faasctl.pallets.load import Pallet, Patch, load_pallet
-from faasctl.scan.client import FitClient
-from faasctl.scan.results import PatchResult, ResultStore
-from faasctl.study import DEFAULT_BACKEND
+from faasctl.scan.client import DEFAULT_TIMEOUT, FitClient
+from faasctl.scan.results import PatchResult, ResultStore, patch_digest
+from faasctl.study import DEFAULT_BACKEND, MODIFIER_SETTINGS, POI_TEST, TEST_STAT
 
-__all__ = ["Scan", "check_patches", "run_scan", "pallet_record", "default_out"]
+__all__ = ["Scan", "check_patches", "run_scan", "pallet_record", "default_out", "computation_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,18 @@ log = logging.getLogger(__name__)
 def pallet_record(pallet: Pallet) -> dict[str, object]:
     """What a results file records about the pallet it belongs to."""
     return {"source": pallet.source, "digest": pallet.digest, "labels": pallet.labels, "region": pallet.region}
+
+
+def computation_settings(backend: str = DEFAULT_BACKEND) -> dict[str, Any]:
+    """What a result depends on besides its patch: recorded with each result, compared on resume."""
+    from faasctl import __version__
+
+    return {
+        "backend": backend,
+        "faasctl": __version__,
+        "pyhf": version("pyhf"),
+        "test": {"poi": POI_TEST, "test_stat": TEST_STAT, "modifier_settings": MODIFIER_SETTINGS},
+    }
 
 
 def pallet_stem(path: str | Path) -> str:
@@ -60,22 +73,28 @@ def check_patches(pallet: Pallet, patches: Sequence[Patch]) -> None:
 class Scan:
     """A scan of ``pallet`` into the results folder ``out``, resuming from what ``out`` holds.
 
+    Opening a scan takes the lock of ``out`` (see `faasctl.scan.results`): use it as a
+    context manager, or `close` it, to export the results files and release the lock.
+
     Args:
         pallet: a loaded `Pallet`, or a path that `load_pallet` reads (folder or archive).
         out: the results folder (default `default_out`: ``./results/<pallet>``).
         patches: fit only these patch names (default: all).
         force: drop earlier results in ``out`` instead of resuming from them.
+        backend: the fit backend (``auto``, ``numpy``, ``jax``); results fitted with
+            other settings (backend, faasctl or pyhf version) are fitted again.
         **load: keyword arguments of `load_pallet` (``region``, ``labels``, ``ignore_digest``).
 
     Raises:
         PalletError: the pallet cannot be read.
         PatchError: a selected name is unknown, or a selected patch does not apply.
-        ScanError: ``out`` holds results of another pallet, or an unreadable results file.
+        ResultsError: ``out`` is not a writable folder, holds results of another pallet or an
+            unreadable results file, or is in use by another scan.
     """
 
     def __init__(
         self, pallet: Pallet | str | Path, out: str | Path | None = None, *, patches: Sequence[str] | None = None,
-        force: bool = False, **load: object,
+        force: bool = False, backend: str = DEFAULT_BACKEND, **load: object,
     ) -> None:
         if not isinstance(pallet, Pallet):
             path = Path(pallet)
@@ -85,20 +104,32 @@ class Scan:
             out = default_out(pallet.source, pallet)
         self.pallet = pallet
         self.out = Path(out)
-        self.store = ResultStore(self.out, pallet_record(pallet), force=force)
+        self.backend = backend
+        # check every input before the results folder is touched
         self.selected = pallet.select(patches)
         check_patches(pallet, self.selected)
+        self.store = ResultStore(self.out, pallet_record(pallet), force=force, settings=computation_settings(backend))
+        self.digests = {p.name: patch_digest(p.values, p.operations) for p in self.selected}
+        #: the selected patches still to fit, the names of those ``out`` already holds, and of
+        #: those whose result ``out`` holds no longer applies (changed patch or settings), with why
+        self.todo: list[Patch] = []
+        self.skipped: list[str] = []
+        self.changed: dict[str, str] = {}
         done = self.store.done()
-        #: the selected patches still to fit, and the names of those ``out`` already holds
-        self.todo = [p for p in self.selected if p.name not in done]
-        self.skipped = [p.name for p in self.selected if p.name in done]
+        for p in self.selected:
+            why = self.store.stale(p.name, self.digests[p.name])
+            if why is not None:
+                self.changed[p.name] = why
+            if p.name in done and why is None:
+                self.skipped.append(p.name)
+            else:
+                self.todo.append(p)
 
     def run(
-        self, executor: cf.Executor, *, backend: str = DEFAULT_BACKEND, timeout: float | None = None,
-        max_in_flight: int = 64,
+        self, executor: cf.Executor, *, timeout: float | None = DEFAULT_TIMEOUT, max_in_flight: int = 64,
     ) -> Iterator[PatchResult]:
         """Fit the patches still to do on ``executor``, recording each result as it arrives."""
-        yield from run_scan(self.pallet, self.todo, self.store, executor, backend=backend, timeout=timeout,
+        yield from run_scan(self.pallet, self.todo, self.store, executor, backend=self.backend, timeout=timeout,
                             max_in_flight=max_in_flight)
 
     @property
@@ -114,6 +145,16 @@ class Scan:
                               Path(path) if path else self.out / "exclusion.png",
                               title=title or pallet_stem(self.pallet.source))
 
+    def close(self) -> None:
+        """Export ``results.json`` / ``results.csv`` and release the folder's lock."""
+        self.store.close()
+
+    def __enter__(self) -> Scan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def run_scan(
     pallet: Pallet,
@@ -122,12 +163,14 @@ def run_scan(
     executor: cf.Executor,
     *,
     backend: str = DEFAULT_BACKEND,
-    timeout: float | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
     max_in_flight: int = 64,
 ) -> Iterator[PatchResult]:
-    """Fit ``todo`` on ``executor``, recording each result in ``store`` as it arrives."""
+    """Fit ``todo`` on ``executor``, recording each result in ``store`` (with its patch's digest) as it arrives."""
+    digests = {p.name: patch_digest(p.values, p.operations) for p in todo}
     client = FitClient(executor, backend=backend, timeout=timeout, max_in_flight=max_in_flight)
     for result in client.scan(pallet, list(todo)):
+        result = result.model_copy(update={"digest": digests.get(result.patch)})
         store.add(result)
         if not result.ok:
             log.warning("patch %s failed: %s", result.patch, result.error)

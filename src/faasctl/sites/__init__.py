@@ -78,7 +78,26 @@ class SiteLoader(yaml.SafeLoader):
 
     Plain YAML 1.1 reads ``walltime: 2:00:00`` as the integer 7200; site files and
     ``--set`` values are read the YAML 1.2 way instead, where it stays a string.
+
+    Aliases (``*name``) are refused: a site needs none, and nested aliases expand
+    exponentially ("billion laughs").
     """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor}: site files may not use aliases", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: line, column and problem (PyYAML's own text spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"[:300]
 
 
 SiteLoader.yaml_implicit_resolvers = {
@@ -145,7 +164,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.load(raw, Loader=SiteLoader) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise SiteConfigError(f"--set {text!r}: the value is not valid YAML: {err}") from err
+        raise SiteConfigError(f"--set {text!r}: the value is not valid YAML: {_yaml_error(err)}") from err
     return path, value
 
 
@@ -168,7 +187,7 @@ def _read_site_file(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise SiteConfigError(f"site file {path}: cannot read it: {err.strerror or err}") from err
     except yaml.YAMLError as err:
-        raise SiteConfigError(f"site file {path}: not valid YAML: {err}") from err
+        raise SiteConfigError(f"site file {path}: not valid YAML: {_yaml_error(err)}") from err
     if not isinstance(data, dict):
         raise SiteConfigError(f"site file {path}: expected a mapping of settings, got {type(data).__name__}")
     return data
