@@ -16,7 +16,8 @@ from faasctl.cli import options
 app = typer.Typer()
 console = Console()
 
-EXIT_HELP = "Exit status: 0 every patch fitted; 1 some patches failed (recorded with their error); 2 bad input."
+EXIT_HELP = ("Exit status: 0 every patch fitted (ok, or no sensitivity); 1 some patches failed (recorded with their "
+             "error); 2 bad input.")
 
 
 @app.command(epilog=EXIT_HELP)
@@ -84,7 +85,7 @@ def fit(
                     progress.update(bar, description=f"Fitting ({backend.value}, {where})")
                     results = scan.run(executor, backend=backend.value, timeout=timeout)
                     for i, result in enumerate(results, 1):
-                        failed += not result.ok
+                        failed += result.failed
                         elapsed = time.perf_counter() - start
                         progress.update(bar, advance=1, rate=f"{i / elapsed:.2f} patch/s",
                                         failed=f"{failed} failed" if failed else "")
@@ -97,10 +98,11 @@ def fit(
 
     results = scan.results
     _print_table(results, scan.pallet.labels)
-    n_ok = sum(r.ok for r in results)
-    n_failed = len(results) - n_ok
+    n_failed = sum(r.failed for r in results)
+    n_none = sum(r.status == "no_sensitivity" for r in results)
     console.print(
-        f"{n_ok} fitted, {n_failed} failed in {wall:.1f} s → {store.json_path}, {store.csv_path}",
+        f"{len(results) - n_failed} fitted{f' ({n_none} without sensitivity)' if n_none else ''}, {n_failed} failed "
+        f"in {wall:.1f} s → {store.json_path}, {store.csv_path}",
         highlight=False,
     )
     if plot:
@@ -109,7 +111,7 @@ def fit(
             console.print(f"Exclusion plot → {png}")
     if n_failed:
         for r in results:
-            if not r.ok:
+            if r.failed:
                 console.print(f"[red]failed[/] {r.patch}: {r.error}", highlight=False)
         raise typer.Exit(1)
 
@@ -126,10 +128,14 @@ def _print_table(results: list, labels: list[str], limit: int = 40) -> None:
     for r in sorted(results, key=lambda r: r.values)[:limit]:
         values = [f"{v:g}" for v in r.values[: len(labels)]]
         values += [""] * (len(labels) - len(values))
+        fit_s = "" if r.fit_time is None else f"{r.fit_time:.2f}"
         if r.ok:
             exp = r.cls_exp or [float("nan")] * 5
             band = f"{min(exp[1], exp[3]):.3g} – {max(exp[1], exp[3]):.3g}"
-            table.add_row(r.patch, *values, f"{r.cls_obs:.3g}", f"{exp[2]:.3g}", band, f"{r.fit_time:.2f}")
+            table.add_row(r.patch, *values, f"{r.cls_obs:.3g}", f"{exp[2]:.3g}", band, fit_s)
+        elif r.status == "no_sensitivity":
+            # no number: the CLs of such a test depends on the optimizer, not on the model
+            table.add_row(r.patch, *values, "[yellow]no sensitivity", r.error or "", "", fit_s)
         else:
             table.add_row(r.patch, *values, "[red]failed", r.error or "", "", "")
     console.print(table)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from faasctl.exceptions import ScanError
 
@@ -27,23 +27,40 @@ EXPECTED_KEYS = ("cls_exp_m2", "cls_exp_m1", "cls_exp", "cls_exp_p1", "cls_exp_p
 
 
 class PatchResult(BaseModel):
-    """The outcome of one patch's hypothesis test."""
+    """The outcome of one patch's hypothesis test.
+
+    ``status`` is ``ok`` (with CLs), ``no_sensitivity`` (no CLs: the signal barely changes
+    the model, see `faasctl.study.no_sensitivity`; the reason in ``error``) or ``failed``.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     patch: str = Field(description="the patch's name in the patchset")
     values: list[float] = Field(default_factory=list)
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "no_sensitivity", "failed"]
     cls_obs: float | None = None
     cls_exp: list[float] | None = Field(default=None, description="CLs_exp at -2, -1, 0, +1, +2 sigma")
-    error: str | None = None
+    error: str | None = Field(default=None, description="failed: the error; no_sensitivity: the reason")
     fit_time: float | None = Field(default=None, description="seconds spent in the fit on the worker")
     worker: str | None = None
-    backend: str | None = None
+    backend: str | None = Field(default=None, description="what computed the test: jax, or numpy (plain pyhf)")
+    fallback: str | None = Field(default=None, description="why the jax engine handed the patch to plain pyhf")
+
+    @model_validator(mode="after")
+    def _cls_only_when_ok(self) -> PatchResult:
+        if self.status == "ok" and (self.cls_obs is None or self.cls_exp is None):
+            raise ValueError("an ok result needs cls_obs and cls_exp")
+        if self.status == "no_sensitivity" and (self.cls_obs is not None or self.cls_exp is not None or not self.error):
+            raise ValueError("a no_sensitivity result has no CLs, and its reason in error")
+        return self
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
 
 
 class PalletInfo(BaseModel):
@@ -119,8 +136,8 @@ class ResultStore:
         self.results = {r.patch: r for r in doc.results}
 
     def done(self) -> set[str]:
-        """Names of patches with a successful result (failed ones are fitted again)."""
-        return {name for name, r in self.results.items() if r.ok}
+        """Names of patches with a result (failed ones are fitted again)."""
+        return {name for name, r in self.results.items() if not r.failed}
 
     def add(self, result: PatchResult) -> None:
         self.results[result.patch] = result

@@ -137,6 +137,6 @@ def run_scan(
     client = FitClient(executor, backend=backend, timeout=timeout, max_in_flight=max_in_flight)
     for result in client.scan(pallet, list(todo)):
         store.add(result)
-        if not result.ok:
+        if result.failed:
             log.warning("patch %s failed: %s", result.patch, result.error)
         yield result
