@@ -117,6 +117,9 @@ def fit(
 
 
 def _print_table(results: list, labels: list[str], limit: int = 40) -> None:
+    shown = sorted(results, key=lambda r: r.values)[:limit]
+    # a test without sensitivity has no CLs: its reason (the same for every such patch) goes below
+    reasons = sorted({r.error for r in shown if r.status == "no_sensitivity" and r.error})
     table = Table(title=None if len(results) <= limit else f"first {limit} of {len(results)} patches (all in results.csv)")
     table.add_column("patch")
     for label in labels:
@@ -125,7 +128,7 @@ def _print_table(results: list, labels: list[str], limit: int = 40) -> None:
     table.add_column("CLs exp", justify="right")
     table.add_column("exp ±1σ", justify="right")
     table.add_column("fit s", justify="right")
-    for r in sorted(results, key=lambda r: r.values)[:limit]:
+    for r in shown:
         values = [f"{v:g}" for v in r.values[: len(labels)]]
         values += [""] * (len(labels) - len(values))
         fit_s = "" if r.fit_time is None else f"{r.fit_time:.2f}"
@@ -134,8 +137,9 @@ def _print_table(results: list, labels: list[str], limit: int = 40) -> None:
             band = f"{min(exp[1], exp[3]):.3g} – {max(exp[1], exp[3]):.3g}"
             table.add_row(r.patch, *values, f"{r.cls_obs:.3g}", f"{exp[2]:.3g}", band, fit_s)
         elif r.status == "no_sensitivity":
-            # no number: the CLs of such a test depends on the optimizer, not on the model
-            table.add_row(r.patch, *values, "[yellow]no sensitivity", r.error or "", "", fit_s)
+            table.add_row(r.patch, *values, "[yellow]no sensitivity", "–", "–", fit_s)
         else:
             table.add_row(r.patch, *values, "[red]failed", r.error or "", "", "")
     console.print(table)
+    for reason in reasons:
+        console.print(f"[yellow]{reason}", highlight=False)
