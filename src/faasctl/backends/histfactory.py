@@ -437,13 +437,13 @@ def build_arrays(spec: Mapping[str, Any], cache: BackgroundCache | None = None, 
         # Reading a workspace that pyhf accepts must not fail: that is a bug here, and it
         # propagates. One that pyhf rejects as well (say a patch removed a required key) is
         # not the engine's to judge: pyhf names the problem.
-        rejected = pyhf_rejects(spec)
+        rejected = _pyhf_rejects(spec)
         if rejected is None:
             raise
         raise UnsupportedModel(f"pyhf rejects the workspace ({rejected})") from err
 
 
-def pyhf_rejects(spec: Mapping[str, Any]) -> str | None:
+def _pyhf_rejects(spec: Mapping[str, Any]) -> str | None:
     """pyhf's error for ``spec`` (workspace or model), or None when pyhf builds its model."""
     import pyhf
 
