@@ -29,7 +29,7 @@ minima.
 
 Fallback: a patch whose workspace uses something the engine does not implement
 (`histfactory.UnsupportedModel`: other interpolation codes, unusual parameter configs, a
-workspace pyhf's schema rejects, ...) or whose fit does not converge is computed with plain
+workspace that pyhf rejects too, ...) or whose fit does not converge is computed with plain
 pyhf (the ``numpy`` reference backend) and a warning is logged; the result says so
 (`Hypotest.backend` is ``"numpy"``, `Hypotest.fallback` the reason) and `JaxBackend.stats`
 counts such patches. Nothing else falls back: any other exception is a bug of the engine and
