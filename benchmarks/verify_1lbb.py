@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     deviations = []  # (abs, rel, name, which)
     for i, name in enumerate(names):
         t0 = time.perf_counter()
-        cls_obs, cls_exp = backend.hypotest(pallet.background, pallet.digest, pallet.patches[name])
+        result = backend.hypotest(pallet.background, pallet.digest, pallet.patches[name])
         if first is None:
             first = time.perf_counter() - t0
-        got, want = [cls_obs, *cls_exp], ref[name]
+        got, want = [result.cls_obs, *result.cls_exp], ref[name]
         for which, g, w in zip(LABELS, got, want):
             d = abs(g - w)
             r = d / abs(w) if w else float("inf") if d else 0.0

@@ -7,7 +7,9 @@ computed by pyhf.
 
 from __future__ import annotations
 
+import collections
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -20,11 +22,13 @@ import pyhf  # noqa: E402
 
 from conftest import SHARED_PALLETS, assert_agrees, pyhf_reference, require  # noqa: E402
 from faasctl.backends import get_backend  # noqa: E402
+from faasctl.backends import histfactory  # noqa: E402
 from faasctl.backends import jax as jax_backend  # noqa: E402
 from faasctl.backends.histfactory import BackgroundCache, UnsupportedModel, build_arrays  # noqa: E402
-from faasctl.study import pyhf_hypotest  # noqa: E402
-from faasctl.study import MODIFIER_SETTINGS  # noqa: E402
 from faasctl.pallets import Patch, apply_patch, load_pallet, workspace_digest  # noqa: E402
+from faasctl.scan import worker  # noqa: E402
+from faasctl.study import MODIFIER_SETTINGS, QMU_A_MIN, agrees, no_sensitivity, pyhf_hypotest  # noqa: E402
+from weak_signal import SIGNALS, weak_signal_pallet  # noqa: E402
 
 @pytest.fixture(scope="module")
 def engine():
@@ -159,7 +163,8 @@ def test_synthetic_workspace_matches_pyhf(engine):
 def test_example_pallet_matches_pyhf_on_every_patch(engine, example):
     for patch in example.patches.values():
         got = engine.hypotest(example.background, example.digest, patch)
-        assert all(isinstance(v, float) for v in [got[0], *got[1]])
+        assert all(isinstance(v, float) for v in [got.cls_obs, *got.cls_exp])
+        assert (got.backend, got.fallback, got.no_sensitivity) == ("jax", None, None)
         assert_agrees(got, pyhf_reference(example, patch.name), patch.name)
 
 
@@ -223,6 +228,78 @@ def test_unsupported_model_falls_back_to_pyhf(caplog):
     assert "computing it with plain pyhf" in caplog.text
 
 
+def test_fallback_is_recorded_in_the_result(example, monkeypatch):
+    """A patch the engine hands to pyhf says so in its record: backend numpy, and the reason.
+
+    A fit that does not converge cannot be made to order on a small model, so the engine's
+    fit raises `FitNotConverged` here in its stead (everything after it is real).
+    """
+    def not_converged(self, arrays):
+        raise jax_backend.FitNotConverged("Newton fit did not converge: data_free (status 0)")
+
+    monkeypatch.setattr(jax_backend.JaxBackend, "fit_arrays", not_converged)
+    monkeypatch.setattr(worker, "_BACKGROUNDS", collections.OrderedDict())
+    patch = example.patches["grid_500_100"]
+    task = {"digest": example.digest, "background": example.background, "backend": "jax",
+            "patch": {"name": patch.name, "values": list(patch.values), "operations": patch.operations}}
+    record = worker.fit_patch(task)
+    assert record["status"] == "ok" and record["backend"] == "numpy"
+    assert record["fallback"] == "FitNotConverged: Newton fit did not converge: data_free (status 0)"
+    obs, exp = pyhf_hypotest(example.workspace_spec(patch))
+    assert (record["cls_obs"], record["cls_exp"]) == (obs, exp)
+
+
+def test_engine_bug_raises_instead_of_falling_back(example, monkeypatch):
+    """An exception while reading a workspace that pyhf accepts is a bug: it is not hidden by a fallback."""
+    def broken(sample, nbins, where):
+        raise IndexError("a bug in the engine")
+
+    monkeypatch.setattr(histfactory, "parse_sample", broken)
+    engine = jax_backend.JaxBackend()  # fallback on, and no parsed samples cached yet
+    with pytest.raises(IndexError, match="a bug in the engine"):
+        engine.hypotest(example.background, example.digest, next(iter(example.patches.values())))
+    assert engine.stats["fallbacks"] == 0
+
+
+def test_workspace_pyhf_rejects_is_left_to_pyhf(engine):
+    """A patched workspace that breaks pyhf's schema is unsupported (and pyhf names the problem)."""
+    spec = synthetic_workspace()
+    broken = Patch("no_modifiers", (), [{"op": "remove", "path": "/channels/0/samples/1/modifiers"}])
+    with pytest.raises(UnsupportedModel, match="pyhf rejects the workspace .InvalidSpecification"):
+        engine.hypotest(spec, workspace_digest(spec), broken)
+    with pytest.raises(pyhf.exceptions.InvalidSpecification):
+        jax_backend.JaxBackend().hypotest(spec, workspace_digest(spec), broken)
+
+
+def with_signal_shape(patch):
+    """``patch`` with a histosys added to the signal: another model structure, in which the
+    background's normfactors and normsys sit one row further down."""
+    def add(op):
+        data = op["value"]["data"]
+        shape = {"name": "sig_shape", "type": "histosys",
+                 "data": {"hi_data": [v * 1.05 for v in data], "lo_data": [v * 0.95 for v in data]}}
+        return {**op, "value": {**op["value"], "modifiers": [*op["value"]["modifiers"], shape]}}
+
+    return Patch(f"{patch.name}_shape", patch.values, [add(op) for op in patch.operations])
+
+
+def test_cached_arrays_equal_fresh_ones_across_structures(example):
+    """Caches keyed by identity stay right while objects come and go: arrays built through one
+    background cache, for patches of two model structures in turn, equal those built from
+    scratch. (With rows cached by the id of a structure that was not kept, a later structure
+    at the same address got the earlier one's rows.)"""
+    cache = BackgroundCache(example.background)
+    patches = [q for p in example.patches.values() for q in (p, with_signal_shape(p))]
+    assert len({build_arrays(apply_patch(example.background, p)).structure.key for p in patches}) == 2
+    for patch in patches * 3:
+        got = build_arrays(apply_patch(example.background, patch, shared=True), cache)
+        want = build_arrays(apply_patch(example.background, patch))
+        assert got.structure.par_names == want.structure.par_names
+        for name in ("nom", "hs_up", "hs_dn", "ns_hi", "ns_lo", "lin", "init", "lower", "upper", "fixed", "aux", "data"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{patch.name}: {name}")
+        del got, want  # let their structures go, as a worker's patches do
+
+
 def test_other_interpolation_codes_are_refused():
     from faasctl.backends.histfactory import check_settings
 
@@ -281,3 +358,57 @@ def test_staus_sample_matches_pyhf():
     for name in SAMPLE_STAUS:
         got = engine.hypotest(pallet.background, pallet.digest, pallet.patches[name])
         assert_agrees(got, pyhf_reference(pallet, name), name)
+
+
+# --- tests without sensitivity -------------------------------------------------------------
+
+
+def test_no_sensitivity_definition():
+    reason = "no sensitivity: q_mu,A <= 0.002 (mu = 1 barely changes the expected data)"
+    band = [0.01, 0.05, 0.2, 0.5, 0.8]
+    assert no_sensitivity(QMU_A_MIN, 0.3, band) == reason
+    assert no_sensitivity(float("nan"), 0.3, band) == reason
+    assert no_sensitivity(QMU_A_MIN * 1.01, 0.3, band) is None
+    assert no_sensitivity(4.0, float("nan"), [*band[:4], float("inf")]) == (
+        "no sensitivity: CLs_obs, CLs_exp +2 sigma not finite (the asymptotic formula gives 0/0)"
+    )
+
+
+@pytest.fixture(scope="module")
+def weak(tmp_path_factory):
+    return load_pallet(weak_signal_pallet(tmp_path_factory.mktemp("weak")))
+
+
+def test_weak_signals_cover_both_directions(weak):
+    """The fixture holds what the status is for: a patch where pyhf's CLs is not finite and the
+    engine's is (q_mu,A = 0 in pyhf, 3.5e-8 in the engine), and one the other way round."""
+    numpy, jax = get_backend("numpy"), jax_backend.JaxBackend(fallback=False)
+    raw = {b.name: {n: b.hypotest(weak.background, weak.digest, p) for n, p in weak.patches.items()} for b in (numpy, jax)}
+    assert raw["numpy"]["small"].qmu_a == 0.0 and math.isnan(raw["numpy"]["small"].cls_obs)
+    assert math.isfinite(raw["jax"]["small"].cls_obs)
+    assert math.isnan(raw["jax"]["tiny"].cls_obs) and math.isfinite(raw["numpy"]["tiny"].cls_obs)
+    # "above" is resolved by both, just above the threshold
+    assert QMU_A_MIN < raw["numpy"]["above"].qmu_a < 2 * QMU_A_MIN
+    assert raw["jax"]["above"].qmu_a == pytest.approx(raw["numpy"]["above"].qmu_a, rel=1e-3)
+
+
+def test_weak_signals_get_the_same_status_from_every_backend(weak, monkeypatch):
+    """Through the worker, as a scan runs them: the same status and reason from numpy and jax,
+    and equal CLs where there are any; no CLs at all for a test without sensitivity."""
+    monkeypatch.setattr(worker, "_BACKGROUNDS", collections.OrderedDict())
+
+    def run(name, backend):
+        patch = weak.patches[name]
+        return worker.fit_patch({"digest": weak.digest, "background": weak.background, "backend": backend,
+                                 "patch": {"name": name, "values": list(patch.values), "operations": patch.operations}})
+
+    for name, (_, sensitive) in SIGNALS.items():
+        numpy, jax = run(name, "numpy"), run(name, "jax")
+        assert (jax["backend"], jax["fallback"]) == ("jax", None), jax
+        assert (numpy["backend"], numpy["fallback"]) == ("numpy", None), numpy
+        assert numpy["status"] == jax["status"] == ("ok" if sensitive else "no_sensitivity"), (name, numpy, jax)
+        assert numpy.get("error") == jax.get("error"), name
+        if sensitive:
+            assert agrees([jax["cls_obs"], *jax["cls_exp"]], [numpy["cls_obs"], *numpy["cls_exp"]]), (name, numpy, jax)
+        else:
+            assert "q_mu,A" in jax["error"] and "cls_obs" not in jax and "cls_exp" not in numpy

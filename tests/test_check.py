@@ -48,8 +48,8 @@ _hypotest = pyhf.infer.hypotest
 
 
 def hypotest(*args, **kwargs):
-    cls_obs, cls_exp = _hypotest(*args, **kwargs)
-    return cls_obs * 1.01, cls_exp  # 1 % off
+    cls_obs, *rest = _hypotest(*args, **kwargs)
+    return (cls_obs * 1.01, *rest)  # 1 % off
 
 
 pyhf.infer.hypotest = hypotest

@@ -183,7 +183,9 @@ def test_need_background_does_not_loop():
     ("answer", "error"),
     [
         ({"nonsense": 1}, "malformed result: ('patch',): Field required"),
-        ({"patch": "grid_400_0", "status": "ok"}, "malformed result: the worker answered for patch 'grid_400_0'"),
+        ({"patch": "grid_400_0", "status": "ok", "cls_obs": 0.5, "cls_exp": [0.5] * 5},
+         "malformed result: the worker answered for patch 'grid_400_0'"),
+        ({"patch": "grid_300_0", "status": "ok"}, "malformed result: status ok but no cls_obs"),
         ("not a record", "malformed result: expected a record, got 'not a record'"),
     ],
 )

@@ -175,3 +175,32 @@ def test_failed_fit_is_recorded_and_scan_goes_on(broken, tmp_path):
     records = _results(out / "results.json")
     assert records["grid_300_0"]["status"] == "failed" and records["grid_300_0"]["error"]
     assert records["grid_600_200"]["status"] == "ok"
+
+
+def test_patches_without_sensitivity_are_not_failures(tmp_path):
+    """Patches whose signal barely changes the model are recorded and shown as such, without CLs,
+    drawn apart in the plot, and the scan exits 0."""
+    from weak_signal import SIGNALS, weak_signal_pallet
+
+    pallet, out = weak_signal_pallet(tmp_path / "weak"), tmp_path / "out"
+    result = runner.invoke(app, ["fit", str(pallet), "--workers", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "5 fitted (3 without sensitivity), 0 failed" in result.output
+    assert result.output.count("no sensitivity") >= 3 and "q_mu,A <= 0.002" in result.output
+    records = _results(out / "results.json")
+    for name, (_, sensitive) in SIGNALS.items():
+        assert records[name]["status"] == ("ok" if sensitive else "no_sensitivity"), records[name]
+        assert (records[name]["cls_obs"] is None) != sensitive
+    assert (out / "exclusion.png").stat().st_size > 10_000
+
+
+def test_plot_draws_points_without_sensitivity_apart(tmp_path):
+    from faasctl.scan.plot import exclusion_plot
+    from faasctl.scan.results import PatchResult
+
+    blind = [PatchResult(patch=f"p{i}", values=[i, i % 2], status="no_sensitivity", error="no sensitivity: ...")
+             for i in range(4)]
+    assert exclusion_plot(blind, ["m1", "m2"], tmp_path / "a.png").stat().st_size > 5_000
+    ok = [PatchResult(patch=f"q{i}", values=[i, 2 + i % 3], status="ok", cls_obs=0.01 * (i + 1), cls_exp=[0.02 * (i + 1)] * 5)
+          for i in range(6)]
+    assert exclusion_plot(ok + blind, ["m1", "m2"], tmp_path / "b.png", title="").stat().st_size > 10_000

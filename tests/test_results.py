@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -105,6 +106,30 @@ def test_results_json_of_an_older_run_is_imported(tmp_path):
     assert set(load_results(tmp_path)) == {"a", "b"}
 
 
+def no_sensitivity(name: str) -> PatchResult:
+    return PatchResult(patch=name, values=[5.0, 6.0], status="no_sensitivity", fit_time=1.0, worker="h:1", backend="jax",
+                       error="no sensitivity: q_mu,A <= 0.002 (mu = 1 barely changes the expected data)")
+
+
+def test_no_sensitivity_is_a_result_without_cls(tmp_path):
+    """Kept on resume (it is an answer, not a failure), with no CLs, in the JSON and the CSV alike."""
+    with ResultStore(tmp_path, PALLET) as store:
+        store.add(no_sensitivity("c"))
+        store.add(PatchResult(patch="f", status="failed", error="x"))
+    with ResultStore(tmp_path, PALLET) as again:
+        assert again.done() == {"c"}
+    (record,) = [r for r in json.loads(store.json_path.read_text())["results"] if r["patch"] == "c"]
+    assert record["status"] == "no_sensitivity" and record["cls_obs"] is None and "q_mu,A" in record["error"]
+    row = next(csv.DictReader(store.csv_path.read_text().splitlines()))
+    assert (row["patch"], row["status"], row["cls_obs"], row["cls_exp"], row["backend"]) == ("c", "no_sensitivity", "", "", "jax")
+    assert row["error"] == record["error"]
+    with pytest.raises(ValueError, match="no CLs"):
+        PatchResult(patch="c", status="no_sensitivity", cls_obs=0.9998, cls_exp=[1.0] * 5, error="no sensitivity")
+    # an ok without CLs is not trusted: a failed result, refitted on resume
+    malformed = PatchResult(patch="c", status="ok")
+    assert malformed.failed and malformed.error == "malformed result: status ok but no cls_obs"
+
+
 def test_refuses_results_of_another_pallet(tmp_path):
     with ResultStore(tmp_path, PALLET) as store:
         store.add(ok("a"))
@@ -192,5 +217,8 @@ def test_results_file_validates_against_schema(tmp_path):
 
     with ResultStore(tmp_path, PALLET, settings=SETTINGS) as store:
         store.add(ok("a", digest="0" * 64))
+        store.add(no_sensitivity("b"))
+        store.add(PatchResult(patch="c", status="ok", cls_obs=0.5, cls_exp=[0.5] * 5, backend="numpy",
+                              fallback="FitNotConverged: Newton fit did not converge"))
     schema = json.loads((files("faasctl.scan") / "schemas" / "1.0.0" / "results.json").read_text())
     jsonschema.validate(json.loads(store.json_path.read_text()), schema)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 
 from faasctl.scan import worker
@@ -21,7 +23,7 @@ def task(pallet, name, *, with_background):
 
 
 def test_background_is_cached_per_worker(pallet, monkeypatch):
-    monkeypatch.setattr(worker, "_BACKGROUNDS", {})
+    monkeypatch.setattr(worker, "_BACKGROUNDS", collections.OrderedDict())
     assert worker.fit_patch(task(pallet, "grid_500_0", with_background=False))["status"] == worker.NEED_BACKGROUND
     first = worker.fit_patch(task(pallet, "grid_500_0", with_background=True))
     second = worker.fit_patch(task(pallet, "grid_500_100", with_background=False))  # served from the cache
@@ -30,8 +32,25 @@ def test_background_is_cached_per_worker(pallet, monkeypatch):
     assert second["cls_obs"] == pytest.approx(obs, rel=1e-9) and second["cls_exp"] == pytest.approx(exp, rel=1e-9)
 
 
+def test_worker_keeps_the_backgrounds_used_last(pallet, monkeypatch):
+    """A long-lived worker keeps MAX_BACKGROUNDS backgrounds, dropping the least recently used."""
+    monkeypatch.setattr(worker, "_BACKGROUNDS", collections.OrderedDict())
+    monkeypatch.setattr(worker, "MAX_BACKGROUNDS", 2)
+
+    def send(digest, with_background):
+        t = task(pallet, "grid_500_0", with_background=with_background)
+        return worker.fit_patch({**t, "digest": digest})["status"]
+
+    assert send("a", True) == send("b", True) == "ok"
+    assert send("a", False) == "ok"  # a is now the most recently used
+    assert send("c", True) == "ok"  # drops b
+    assert send("b", False) == worker.NEED_BACKGROUND
+    assert send("a", False) == send("c", False) == "ok"
+    assert list(worker._BACKGROUNDS) == ["a", "c"]
+
+
 def test_fit_errors_become_failed_records(pallet, monkeypatch):
-    monkeypatch.setattr(worker, "_BACKGROUNDS", {})
+    monkeypatch.setattr(worker, "_BACKGROUNDS", collections.OrderedDict())
     bad = task(pallet, "grid_500_0", with_background=True)
     bad["patch"]["operations"] = [{"op": "remove", "path": "/channels/7"}]
     record = worker.fit_patch(bad)

@@ -17,12 +17,14 @@ with ``g_p = code4_p(theta_p) * (theta_p if masked else 1)``: exactly pyhf's
 to sizes that rarely change between patches, so one compiled function serves a whole pallet.
 
 Only what differs between patches is rebuilt per patch: samples of the background are
-parsed once per background (keyed by object identity, see `BackgroundCache`), the patch is
-applied copy-on-write instead of deep-copying the background (`faasctl.pallets.apply_patch`
-with ``shared=True``), and the parameter layout is cached per model structure (`Structure`).
+parsed once per background (see `BackgroundCache`), the patch is applied copy-on-write
+instead of deep-copying the background (`faasctl.pallets.apply_patch` with ``shared=True``), and
+the parameter layout is cached per model structure (`Structure`). The caches key objects by
+identity only while they hold them, so that an ``id()`` is never reused for another object under them.
 
-Anything this module does not implement exactly as pyhf does raises `UnsupportedModel`;
-the jax backend then hands the patch to plain pyhf.
+Anything this module does not implement exactly as pyhf does raises `UnsupportedModel`, as
+does a workspace that pyhf rejects as well; the jax backend then hands the patch to plain
+pyhf. Any other exception is a bug here and propagates.
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ class SampleBlock:
     ns_hi: np.ndarray  # (k, 1)
     ns_lo: np.ndarray  # (k, 1)
     keyset: frozenset[tuple[str, str]] = frozenset()
-    #: structure id -> parameter rows of its histosys, normsys and normfactor/lumi names
-    rows: dict[int, tuple[list[int], list[int], list[int]]] = field(default_factory=dict)
+    #: id(structure) -> (structure, parameter rows of its histosys, normsys and normfactor/lumi names)
+    rows: dict[int, tuple[Structure, tuple[list[int], list[int], list[int]]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.keyset = frozenset(self.keys)
@@ -138,16 +140,23 @@ def parse_sample(sample: Mapping[str, Any], nbins: int, where: str) -> SampleBlo
 
 
 class BackgroundCache:
-    """Parsed samples of one background workspace, keyed by object identity.
+    """Parsed samples and model structures of one background workspace.
 
     A shared `faasctl.pallets.apply_patch` keeps the background's sample objects, so a sample
-    whose object is the background's own is parsed once per worker, not once per patch.
+    whose object is the background's own is parsed once per worker, not once per patch. Samples are keyed
+    by identity: the cache holds every object it keys (the background's samples as they
+    were when it was made, parsed blocks, structures), so no key outlives its object and is
+    reused for another one, even if the background is changed in place.
     """
 
     def __init__(self, background: Mapping[str, Any]) -> None:
-        self.background = background  # keeps the objects (and so their ids) alive
+        self.background = background
+        samples = [s for c in background.get("channels", []) for s in c.get("samples", [])]
+        self._samples = samples  # holds them, so their ids in _known stay theirs
+        self._known = {id(s) for s in samples}
         self._blocks: dict[int, tuple[Any, SampleBlock]] = {}
-        self._known = {id(s) for c in background.get("channels", []) for s in c.get("samples", [])}
+        #: model structures by structure key, shared by all patches of this background
+        self.structures: dict[tuple[Any, ...], Structure] = {}
         self._cached_blocks: set[int] = set()
         self._unions: dict[tuple[int, ...], frozenset[tuple[str, str]]] = {}
         self._reprs: dict[int, tuple[Any, str]] = {}
@@ -387,38 +396,45 @@ def _as_list(value: Any, n: int, what: str) -> list[Any]:
     return [value] * n
 
 
-def build_arrays(
-    spec: Mapping[str, Any],
-    cache: BackgroundCache | None = None,
-    structures: dict[tuple[Any, ...], Structure] | None = None,
-    *,
-    min_cells: int = 0,
-) -> ModelArrays:
+def build_arrays(spec: Mapping[str, Any], cache: BackgroundCache | None = None, *, min_cells: int = 0) -> ModelArrays:
     """The padded arrays of a (patched) workspace spec.
 
     Args:
         spec: a workspace (channels, observations, measurements); read only.
-        cache: parsed background samples (see `BackgroundCache`).
-        structures: a cache of `Structure` by structure key, shared across patches.
+        cache: parsed samples and structures of the background ``spec`` was patched from
+            (see `BackgroundCache`).
         min_cells: pad the cells to at least this many (keeps one size for a pallet).
 
     Raises:
-        UnsupportedModel: the workspace uses something this engine does not implement.
+        UnsupportedModel: the workspace uses something this engine does not implement, or
+            pyhf rejects it too.
     """
     try:
-        return _build_arrays(spec, cache, structures, min_cells)
-    except UnsupportedModel:
-        raise
+        return _build_arrays(spec, cache, min_cells)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
-        raise UnsupportedModel(f"cannot read the workspace: {type(err).__name__}: {err}") from err
+        # Reading a workspace that pyhf accepts must not fail: that is a bug here, and it
+        # propagates. One that pyhf rejects as well (say a patch removed a required key) is
+        # not the engine's to judge: pyhf names the problem.
+        rejected = _pyhf_rejects(spec)
+        if rejected is None:
+            raise
+        raise UnsupportedModel(f"pyhf rejects the workspace ({rejected})") from err
 
 
-def _build_arrays(
-    spec: Mapping[str, Any],
-    cache: BackgroundCache | None,
-    structures: dict[tuple[Any, ...], Structure] | None,
-    min_cells: int,
-) -> ModelArrays:
+def _pyhf_rejects(spec: Mapping[str, Any]) -> str | None:
+    """pyhf's error for ``spec`` (workspace or model), or None when pyhf builds its model."""
+    import pyhf
+
+    from faasctl.study import MODIFIER_SETTINGS
+
+    try:
+        pyhf.Workspace(dict(spec)).model(modifier_settings=MODIFIER_SETTINGS)
+    except Exception as err:  # noqa: BLE001 - pyhf's errors have no common base; any one is a rejection
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _build_arrays(spec: Mapping[str, Any], cache: BackgroundCache | None, min_cells: int) -> ModelArrays:
     measurements = spec.get("measurements") or []
     if not measurements:
         raise UnsupportedModel("the workspace has no measurement")
@@ -452,11 +468,11 @@ def _build_arrays(
     )
     config = measurement.get("config")
     skey = (channels, mod_keys, per_bin, cache.describe(config) if cache else repr(config))
-    structure = structures.get(skey) if structures is not None else None
+    structure = cache.structures.get(skey) if cache else None
     if structure is None:
         structure = _structure(cells, channels, measurement, skey)
-        if structures is not None:
-            structures[skey] = structure
+        if cache:
+            cache.structures[skey] = structure
     ps_by_name = structure.paramsets
 
     # layout sizes
@@ -497,13 +513,18 @@ def _build_arrays(
         b0 = bin_offset[channel]
         bin_index[sl] = np.arange(b0, b0 + nb)
         mods = block.mods
-        rows = block.rows.get(id(structure))
-        if rows is None:
-            rows = block.rows[id(structure)] = (
+        hit = block.rows.get(id(structure))
+        if hit is not None and hit[0] is structure:
+            rows = hit[1]
+        else:
+            rows = (
                 [ps_by_name[n].start for n in block.names("histosys")],
                 [ps_by_name[n].start for n in block.names("normsys")],
                 [ps_by_name[n].start for n in block.names("normfactor", "lumi")],
             )
+            if len(block.rows) >= 16:  # structures of uncached patches: keep the memo small
+                block.rows.clear()
+            block.rows[id(structure)] = (structure, rows)
         if rows[0]:
             hs_up[rows[0], sl] = block.hs_up
             hs_dn[rows[0], sl] = block.hs_dn

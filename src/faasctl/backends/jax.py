@@ -28,11 +28,13 @@ docs/performance.md has the figures, and the cases where a likelihood has severa
 minima.
 
 Fallback: a patch whose workspace uses something the engine does not implement
-(`histfactory.UnsupportedModel`: other interpolation codes, unusual parameter configs, ...)
-or whose fit does not converge is computed with plain pyhf (the ``numpy`` reference backend)
-and a warning is logged; `JaxBackend.stats` counts such patches. Set ``fallback=False`` to
-raise `FitNotConverged` / `UnsupportedModel` instead (the worker then records the patch as
-failed). A non-converged fit is never returned.
+(`histfactory.UnsupportedModel`: other interpolation codes, unusual parameter configs, a
+workspace that pyhf rejects too, ...) or whose fit does not converge is computed with plain
+pyhf (the ``numpy`` reference backend) and a warning is logged; the result says so
+(`Hypotest.backend` is ``"numpy"``, `Hypotest.fallback` the reason) and `JaxBackend.stats`
+counts such patches. Nothing else falls back: any other exception is a bug of the engine and
+propagates. Set ``fallback=False`` to raise `FitNotConverged` / `UnsupportedModel` instead
+(the worker then records the patch as failed). A non-converged fit is never returned.
 
 Float64 is switched on only around this module's own tracing and calls
 (``jax.enable_x64`` as a context manager), so other JAX code in the process keeps its
@@ -45,7 +47,7 @@ import collections
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -55,11 +57,10 @@ from jax import lax
 from jax.scipy.linalg import cho_solve
 from jax.scipy.special import gammaln, xlogy
 
-from faasctl.backends.base import Backend, HypotestResult
+from faasctl.backends.base import Backend, Hypotest, HypotestResult
 from faasctl.backends.histfactory import (
     BackgroundCache,
     ModelArrays,
-    Structure,
     UnsupportedModel,
     build_arrays,
     check_settings,
@@ -399,7 +400,8 @@ def cls_from_teststats(qmu: float, qmu_a: float) -> HypotestResult:
     """
     from scipy.stats import norm
 
-    # 0/0 where both tails underflow gives NaN, as in pyhf (the worker reports it as failed)
+    # q_mu,A = 0 (with q_mu > 0), or both tails underflowing, gives 0/0 = NaN as in pyhf: the worker
+    # then reports the patch as having no sensitivity (`faasctl.study.no_sensitivity`)
     with np.errstate(divide="ignore", invalid="ignore"):
         sqrtq, sqrtq_a = np.sqrt(np.float64(qmu)), np.sqrt(np.float64(qmu_a))
         if sqrtq <= sqrtq_a:
@@ -416,7 +418,6 @@ def cls_from_teststats(qmu: float, qmu_a: float) -> HypotestResult:
 @dataclass
 class _Background:
     cache: BackgroundCache
-    structures: dict[tuple[Any, ...], Structure] = field(default_factory=dict)
     min_cells: int = 0
 
 
@@ -474,7 +475,7 @@ class JaxBackend(Backend):
         check_settings(MODIFIER_SETTINGS)  # the study's interpolation codes are the ones implemented
         state = self._background(background, digest)
         spec = apply_patch(background, patch, shared=True)
-        return build_arrays(spec, state.cache, state.structures, min_cells=state.min_cells)
+        return build_arrays(spec, state.cache, min_cells=state.min_cells)
 
     # -- fitting ------------------------------------------------------------------------
 
@@ -507,22 +508,23 @@ class JaxBackend(Backend):
         qmu_a = qtilde(fits["asimov_data_mu1"], fits["asimov_data_free"])
         return PatchFit(arrays=arrays, fits=fits, qmu=qmu, qmu_a=qmu_a, result=cls_from_teststats(qmu, qmu_a))
 
-    def hypotest(self, background: Mapping[str, Any], digest: str, patch: Patch) -> HypotestResult:
+    def hypotest(self, background: Mapping[str, Any], digest: str, patch: Patch) -> Hypotest:
         self.stats["patches"] += 1
         start = time.perf_counter()
         try:
-            result = self.fit_arrays(self.arrays(background, digest, patch)).result
+            fit = self.fit_arrays(self.arrays(background, digest, patch))
         except (UnsupportedModel, FitNotConverged) as err:
             if not self.fallback:
                 raise
             self.stats["fallbacks"] += 1
             log.warning("patch %s: %s; computing it with plain pyhf instead", patch.name, err)
-            from faasctl.study import pyhf_hypotest
+            from faasctl.backends.numpy import NumpyBackend
 
-            return pyhf_hypotest(apply_patch(background, patch, shared=True))
+            return NumpyBackend().hypotest_spec(apply_patch(background, patch, shared=True), fallback=f"{type(err).__name__}: {err}")
         finally:
             self.stats["seconds"] += time.perf_counter() - start
-        return result
+        cls_obs, cls_exp = fit.result
+        return Hypotest(cls_obs, cls_exp, fit.qmu_a, backend=self.name)
 
 
 def backend() -> JaxBackend:

@@ -26,7 +26,8 @@ DIRECT_TIMEOUT = 3600.0
 app = typer.Typer()
 console = Console()
 
-EXIT_HELP = "Exit status: 0 every patch fitted; 1 some patches failed (recorded with their error); 2 bad input; 130 interrupted."
+EXIT_HELP = ("Exit status: 0 every patch fitted (ok, or no sensitivity); 1 some patches failed (recorded with their "
+             "error); 2 bad input; 130 interrupted.")
 
 
 def _check_timeout(value: Optional[float]) -> Optional[float]:
@@ -169,7 +170,7 @@ def _fit(scan: Any, site_record: Any, workers: Optional[int], timeout: float, ba
             with engine as executor:
                 progress.update(bar, description=f"Fitting ({backend}, {escape(where)})")
                 for i, result in enumerate(scan.run(executor, timeout=timeout), 1):
-                    failed += not result.ok
+                    failed += result.failed
                     elapsed = time.perf_counter() - start
                     progress.update(bar, advance=1, rate=f"{i / elapsed:.2f} patch/s",
                                     failed=f"{failed} failed" if failed else "")
@@ -178,10 +179,11 @@ def _fit(scan: Any, site_record: Any, workers: Optional[int], timeout: float, ba
 
     results = scan.results
     _print_table(results, scan.pallet.labels)
-    n_ok = sum(r.ok for r in results)
-    n_failed = len(results) - n_ok
+    n_failed = sum(r.failed for r in results)
+    n_none = sum(r.status == "no_sensitivity" for r in results)
     console.print(
-        f"{n_ok} fitted, {n_failed} failed in {wall:.1f} s → {escape(str(store.json_path))}, {escape(str(store.csv_path))}",
+        f"{len(results) - n_failed} fitted{f' ({n_none} without sensitivity)' if n_none else ''}, {n_failed} failed "
+        f"in {wall:.1f} s → {escape(str(store.json_path))}, {escape(str(store.csv_path))}",
         highlight=False,
     )
     if plot:
@@ -189,12 +191,15 @@ def _fit(scan: Any, site_record: Any, workers: Optional[int], timeout: float, ba
         if png:
             console.print(f"Exclusion plot → {escape(str(png))}", highlight=False)
     for r in results:
-        if not r.ok:
+        if r.failed:
             console.print(f"[red]failed[/] {escape(r.patch)}: {escape(r.error or '')}", highlight=False)
     return n_failed
 
 
 def _print_table(results: list, labels: list[str], limit: int = 40) -> None:
+    shown = sorted(results, key=lambda r: r.values)[:limit]
+    # a test without sensitivity has no CLs: its reason (the same for every such patch) goes below
+    reasons = sorted({r.error for r in shown if r.status == "no_sensitivity" and r.error})
     table = Table(title=None if len(results) <= limit else f"first {limit} of {len(results)} patches (all in results.csv)")
     table.add_column("patch")
     for label in labels:
@@ -203,14 +208,18 @@ def _print_table(results: list, labels: list[str], limit: int = 40) -> None:
     table.add_column("CLs exp", justify="right")
     table.add_column("exp ±1σ", justify="right")
     table.add_column("fit s", justify="right")
-    for r in sorted(results, key=lambda r: r.values)[:limit]:
+    for r in shown:
         values = [f"{v:g}" for v in r.values[: len(labels)]]
         values += [""] * (len(labels) - len(values))
+        fit_s = "" if r.fit_time is None else f"{r.fit_time:.2f}"
         if r.ok:
             exp = r.cls_exp or [float("nan")] * 5
             band = f"{min(exp[1], exp[3]):.3g} – {max(exp[1], exp[3]):.3g}"
-            fit_s = "" if r.fit_time is None else f"{r.fit_time:.2f}"
             table.add_row(escape(r.patch), *values, f"{r.cls_obs:.3g}", f"{exp[2]:.3g}", band, fit_s)
+        elif r.status == "no_sensitivity":
+            table.add_row(escape(r.patch), *values, "[yellow]no sensitivity", "–", "–", fit_s)
         else:
             table.add_row(escape(r.patch), *values, "[red]failed", escape(r.error or ""), "", "")
     console.print(table)
+    for reason in reasons:
+        console.print(f"[yellow]{escape(reason)}", highlight=False)

@@ -14,8 +14,9 @@ def exclusion_plot(results: Sequence[PatchResult], labels: Sequence[str], path: 
     """Draw CLs_obs per point and the observed / expected (±1σ band) CLs = 0.05 contours.
 
     Points are the patches' first two ``values``. Contours need at least three points that
-    are not on a line; with fewer only the points are drawn. Returns None when there are no
-    two-dimensional points to draw.
+    are not on a line; with fewer only the points are drawn. Patches without sensitivity
+    (no CLs) are drawn as grey crosses and left out of the contours; failed ones are not
+    drawn. Returns None when there are no two-dimensional points to draw.
     """
     import matplotlib
 
@@ -25,17 +26,22 @@ def exclusion_plot(results: Sequence[PatchResult], labels: Sequence[str], path: 
     import numpy as np
 
     ok = [r for r in results if r.ok and len(r.values) >= 2 and r.cls_exp]
-    if not ok:
+    blind = [r for r in results if r.status == "no_sensitivity" and len(r.values) >= 2]
+    if not ok and not blind:
         return None
     x = np.array([r.values[0] for r in ok])
     y = np.array([r.values[1] for r in ok])
     obs = np.array([r.cls_obs for r in ok])
-    exp = np.array([r.cls_exp for r in ok])
+    exp = np.array([r.cls_exp for r in ok]).reshape(-1, 5)
 
     fig, ax = plt.subplots(figsize=(7, 5.5), layout="constrained")
-    sc = ax.scatter(x, y, c=obs, cmap="viridis_r", norm=matplotlib.colors.LogNorm(vmin=max(obs.min(), 1e-6), vmax=1),
-                    s=28, edgecolors="k", linewidths=0.3, zorder=3)
-    fig.colorbar(sc, ax=ax, label=r"$\mathrm{CL}_s$ observed")
+    if ok:
+        sc = ax.scatter(x, y, c=obs, cmap="viridis_r", norm=matplotlib.colors.LogNorm(vmin=max(obs.min(), 1e-6), vmax=1),
+                        s=28, edgecolors="k", linewidths=0.3, zorder=3)
+        fig.colorbar(sc, ax=ax, label=r"$\mathrm{CL}_s$ observed")
+    if blind:
+        ax.scatter([r.values[0] for r in blind], [r.values[1] for r in blind], marker="x", c="grey", s=28,
+                   linewidths=1, zorder=3)
     try:
         tri = mtri.Triangulation(x, y)
         # tricontour needs values on both sides of the level; matplotlib warns otherwise.
@@ -55,18 +61,18 @@ def exclusion_plot(results: Sequence[PatchResult], labels: Sequence[str], path: 
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch as Box
 
-    ax.legend(
-        handles=[
-            Line2D([], [], color="firebrick", lw=2, label=r"Observed $\mathrm{CL}_s=0.05$"),
-            Line2D([], [], color="k", ls="--", lw=1.5, label=r"Expected $\mathrm{CL}_s=0.05$"),
-            Box(facecolor="gold", alpha=0.5, label=r"Expected $\pm1\sigma$"),
-        ],
-        loc="upper left", frameon=False,
-    )
+    handles = [
+        Line2D([], [], color="firebrick", lw=2, label=r"Observed $\mathrm{CL}_s=0.05$"),
+        Line2D([], [], color="k", ls="--", lw=1.5, label=r"Expected $\mathrm{CL}_s=0.05$"),
+        Box(facecolor="gold", alpha=0.5, label=r"Expected $\pm1\sigma$"),
+    ]
+    if blind:
+        handles.append(Line2D([], [], color="grey", marker="x", ls="", label=r"No sensitivity (no $\mathrm{CL}_s$)"))
+    ax.legend(handles=handles, loc="upper left", frameon=False)
     ax.margins(0.04)
     ax.set_xlabel(labels[0] if len(labels) > 0 else "value 0")
     ax.set_ylabel(labels[1] if len(labels) > 1 else "value 1")
-    ax.set_title(title or f"{len(ok)} points")
+    ax.set_title(title or f"{len(ok)} points" + (f", {len(blind)} without sensitivity" if blind else ""))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

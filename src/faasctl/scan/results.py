@@ -52,6 +52,8 @@ LOCK_NAME = ".faasctl.lock"
 class PatchResult(BaseModel):
     """The outcome of one patch's hypothesis test.
 
+    ``status`` is ``ok`` (with CLs), ``no_sensitivity`` (no CLs: the signal barely changes
+    the model, see `faasctl.study.no_sensitivity`; the reason in ``error``) or ``failed``.
     A record that says ``ok`` without a usable result (no or non-finite CLs, not five expected
     values) is turned into a failed one with the reason: it is not trusted, and is refitted.
     """
@@ -60,27 +62,34 @@ class PatchResult(BaseModel):
 
     patch: str = Field(description="the patch's name in the patchset")
     values: list[float] = Field(default_factory=list)
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "no_sensitivity", "failed"]
     cls_obs: float | None = None
     cls_exp: list[float] | None = Field(default=None, description="CLs_exp at -2, -1, 0, +1, +2 sigma")
-    error: str | None = None
+    error: str | None = Field(default=None, description="failed: the error; no_sensitivity: the reason")
     fit_time: float | None = Field(default=None, description="seconds spent in the fit on the worker")
     worker: str | None = None
-    backend: str | None = None
+    backend: str | None = Field(default=None, description="what computed the test: jax, or numpy (plain pyhf)")
+    fallback: str | None = Field(default=None, description="why the jax engine handed the patch to plain pyhf")
     digest: str | None = Field(default=None, description="sha256 of the patch's content (values and operations)")
     settings: str | None = Field(default=None, description="id of the computation settings, a key of the document's settings")
 
     @model_validator(mode="after")
-    def _ok_means_usable(self) -> PatchResult:
+    def _cls_only_when_ok(self) -> PatchResult:
         if self.status == "ok":
             problem = _unusable(self.cls_obs, self.cls_exp)
             if problem:
                 self.status, self.error = "failed", f"malformed result: status ok but {problem}"
+        elif self.status == "no_sensitivity" and (self.cls_obs is not None or self.cls_exp is not None or not self.error):
+            raise ValueError("a no_sensitivity result has no CLs, and its reason in error")
         return self
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
 
 
 def _unusable(cls_obs: float | None, cls_exp: list[float] | None) -> str | None:
@@ -300,8 +309,8 @@ class ResultStore:
     # --- resume ------------------------------------------------------------------------------
 
     def done(self) -> set[str]:
-        """Names of patches with a successful result (failed ones are fitted again)."""
-        return {name for name, r in self.results.items() if r.ok}
+        """Names of patches with a result (failed ones are fitted again)."""
+        return {name for name, r in self.results.items() if not r.failed}
 
     def stale(self, name: str, digest: str) -> str | None:
         """Why the successful result of ``name`` no longer holds, or None if it does (or there is none).

@@ -172,6 +172,6 @@ def run_scan(
     for result in client.scan(pallet, list(todo)):
         result = result.model_copy(update={"digest": digests.get(result.patch)})
         store.add(result)
-        if not result.ok:
+        if result.failed:
             log.warning("patch %s failed: %s", result.patch, result.error)
         yield result

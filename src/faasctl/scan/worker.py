@@ -1,29 +1,49 @@
 """What runs on a worker: one patch's fit, as a plain function any executor can ship.
 
 Tasks carry the background workspace only until the worker has it: each worker keeps the
-backgrounds it has seen, keyed by digest, so a scan ships the (often MB-sized) background
-once per worker instead of once per patch. A task that reaches a worker without it comes
-back as ``{"status": "need-background"}`` and the client resends it with the background.
+`MAX_BACKGROUNDS` backgrounds it used last, keyed by digest, so a scan ships the (often
+MB-sized) background once per worker instead of once per patch, and a long-lived endpoint
+worker does not keep every background it has seen. A task that reaches a worker without
+it comes back as ``{"status": "need-background"}`` and the client resends it with the
+background.
 
-Fits that raise are caught and returned as ``status: "failed"`` records: only lost workers
-and tasks (infrastructure) surface as exceptions, which executors may retry.
+A patch's record has ``status`` ``"ok"`` (with its CLs), ``"no_sensitivity"`` (no CLs, and
+the reason in ``error``: `faasctl.study.no_sensitivity` decides it, the same for every
+backend) or ``"failed"``. Fits that raise are caught and returned as failed records: only
+lost workers and tasks (infrastructure) surface as exceptions, which executors may retry.
 """
 
 from __future__ import annotations
 
-import math
+import collections
 import os
 import socket
 import time
 import traceback
 from typing import Any
 
-__all__ = ["fit_patch", "noop", "worker_info", "NEED_BACKGROUND"]
+__all__ = ["fit_patch", "noop", "worker_info", "NEED_BACKGROUND", "MAX_BACKGROUNDS"]
 
 NEED_BACKGROUND = "need-background"
+#: Backgrounds a worker keeps (the ones used last); a scan needs one.
+MAX_BACKGROUNDS = 4
 
-# digest -> background spec; lives as long as the worker process
-_BACKGROUNDS: dict[str, dict[str, Any]] = {}
+# digest -> background spec, least recently used first
+_BACKGROUNDS: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+
+
+def _background(digest: str, background: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The background of ``digest``: the one kept, else ``background`` (then kept), else None."""
+    kept = _BACKGROUNDS.get(digest)
+    if kept is None:
+        if background is None:
+            return None
+        # keep the first copy: backends cache work per background object and digest
+        kept = _BACKGROUNDS[digest] = background
+        while len(_BACKGROUNDS) > MAX_BACKGROUNDS:
+            _BACKGROUNDS.popitem(last=False)
+    _BACKGROUNDS.move_to_end(digest)
+    return kept
 
 
 def worker_id() -> str:
@@ -44,9 +64,6 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
     from faasctl.pallets.load import Patch
 
     digest = task["digest"]
-    if task.get("background") is not None:
-        # keep the first copy: backends cache work per background object/digest
-        _BACKGROUNDS.setdefault(digest, task["background"])
     patch_info = task["patch"]
     record: dict[str, Any] = {
         "patch": patch_info["name"],
@@ -54,7 +71,7 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
         "backend": task["backend"],
         "worker": worker_id(),
     }
-    background = _BACKGROUNDS.get(digest)
+    background = _background(digest, task.get("background"))
     if background is None:
         return {**record, "status": NEED_BACKGROUND}
 
@@ -63,11 +80,13 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
         backend = get_backend(task["backend"])
         record["backend"] = backend.name
         patch = Patch(patch_info["name"], tuple(patch_info["values"]), patch_info["operations"])
-        cls_obs, cls_exp = backend.hypotest(background, digest, patch)
-        values = [cls_obs, *cls_exp]
-        if not all(math.isfinite(v) for v in values):
-            raise FloatingPointError(f"CLs is not finite: obs={cls_obs}, exp={cls_exp}")
-        record.update(status="ok", cls_obs=cls_obs, cls_exp=cls_exp)
+        result = backend.hypotest(background, digest, patch)
+        record.update(backend=result.backend, fallback=result.fallback)
+        reason = result.no_sensitivity
+        if reason is None:
+            record.update(status="ok", cls_obs=result.cls_obs, cls_exp=result.cls_exp)
+        else:
+            record.update(status="no_sensitivity", error=reason)
     except Exception as err:  # noqa: BLE001 - a failed fit is a result, not a crash
         record.update(status="failed", error=f"{type(err).__name__}: {err}".strip())
         record["traceback"] = traceback.format_exc(limit=4)
