@@ -15,6 +15,7 @@ __all__ = [
     "SiteConfigError",
     "RenderError",
     "ImageBuildError",
+    "ImageReferenceError",
     "DeployError",
     "ScanError",
     "EndpointUnhealthy",
@@ -57,6 +58,12 @@ class ImageBuildError(FaasctlError):
     """Raised when a worker image cannot be built (no engine, failed step)."""
 
     exit_code = os.EX_UNAVAILABLE
+
+
+class ImageReferenceError(FaasctlError):
+    """Raised when an image reference is malformed, names no local image, or is a moving tag where a digest is needed."""
+
+    exit_code = 2
 
 
 class DeployError(FaasctlError):

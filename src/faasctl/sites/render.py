@@ -43,6 +43,7 @@ import yaml
 
 from faasctl.study import WORKER_ENV
 from faasctl.exceptions import MissingExtra, RenderError
+from faasctl.images.containers import worker_container_options
 
 if TYPE_CHECKING:
     from parsl.providers.base import ExecutionProvider
@@ -205,6 +206,7 @@ def render_endpoint(site: SiteRecord) -> EndpointFiles:
         "limits": _user_limits(site),
         "worker_init": _worker_init(site),
         "container_uri": _container_uri(site),
+        "container_options": worker_container_options(site.container.type, site.container.options) if site.container else "",
     }
     files = EndpointFiles()
     for name, template in (
