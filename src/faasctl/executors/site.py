@@ -178,7 +178,8 @@ def site_executor(
 
     Raises:
         RenderError: the site's endpoint config is refused by Globus Compute's loader.
-        ImageReferenceError: the site's image is a moving tag, or cannot be had (`check_worker_image`).
+        ImageReferenceError: the site's image is a moving tag (`check_worker_image`).
+        DeployError: the site's image cannot be pulled (`check_worker_image`).
 
     Example:
         >>> from faasctl.scan.client import FitClient

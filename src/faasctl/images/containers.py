@@ -26,7 +26,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from faasctl.exceptions import ImageReferenceError
+from faasctl.exceptions import DeployError
 
 __all__ = ["DOCKER_TYPES", "APPTAINER_TYPES", "worker_container_options", "check_image"]
 
@@ -76,13 +76,13 @@ def check_image(container_type: str, image: str, *, timeout: float = CHECK_TIMEO
         What was checked, for the log (or why nothing was: the runtime is not installed on this host).
 
     Raises:
-        ImageReferenceError: the image cannot be had; the message names the image and the runtime's reason.
+        DeployError: the image cannot be had; the message names the image and the runtime's reason.
     """
     if container_type in APPTAINER_TYPES:
         if image.startswith(("/", "./", "~")) or image.endswith(".sif"):
             path = Path(image).expanduser()
             if not path.is_file():
-                raise ImageReferenceError(f"image {image}: no such file ({container_type} image on this host)")
+                raise DeployError(f"image {image}: no such file ({container_type} image on this host)")
             return f"{image} exists"
         return f"{image} is pulled by {container_type} in each block"
     runtime = shutil.which(container_type)
@@ -94,7 +94,7 @@ def check_image(container_type: str, image: str, *, timeout: float = CHECK_TIMEO
     proc = _run([tool, "manifest", "inspect", image], timeout)
     if proc.returncode != 0:
         reason = _last_line(proc.stderr) or f"exit status {proc.returncode}"
-        raise ImageReferenceError(f"image {image} cannot be pulled with {tool}: {reason}")
+        raise DeployError(f"image {image} cannot be pulled with {tool}: {reason}")
     return f"{image} is in its registry"
 
 

@@ -68,7 +68,7 @@ def parse_reference(text: str) -> ImageRef:
     match = _REFERENCE.fullmatch(bare)
     if not match:
         hint = " (repository names are lowercase)" if bare.lower() != bare and _REFERENCE.fullmatch(bare.lower()) else ""
-        raise ImageReferenceError(f"{text!r} is not an image reference [REGISTRY/]NAME[:TAG][@sha256:DIGEST]{hint}")
+        raise ImageReferenceError(f"{text!r} is not an image reference such as registry.example.org/name:tag or name@sha256:digest{hint}")
     return ImageRef(match["name"], match["tag"], match["digest"])
 
 
