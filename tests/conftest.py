@@ -72,8 +72,12 @@ def cpu_image() -> BuiltImage:
     """The CPU worker image, built once per session by ``faasctl image build`` on the engine at DOCKER_HOST.
 
     Needs the engine and a local base image with Python (``eval "$(.ci/docker-up.sh)"`` exports both);
-    the engine's layer cache makes a rebuild with unchanged sources quick.
+    the engine's layer cache makes a rebuild with unchanged sources quick. FAASCTL_TEST_IMAGE=TAG uses
+    an image built before instead (a developer's shortcut: a change to src/ rebuilds faasctl's layers).
     """
+    reuse = os.environ.get("FAASCTL_TEST_IMAGE")
+    if reuse:
+        return BuiltImage(reuse, f"Built {reuse} (FAASCTL_TEST_IMAGE)", 0.0)
     from typer.testing import CliRunner
 
     from faasctl.cli.main import app

@@ -93,11 +93,11 @@ def test_pinned_means_fixed_content():
 
 
 def test_docker_like_runtimes_get_host_network_and_the_callers_uid():
-    assert worker_container_options("podman") == "--network host --user $(id -u):$(id -g)"
-    assert worker_container_options("docker", "--env A=1") == "--network host --user $(id -u):$(id -g) --env A=1"
-    assert worker_container_options("podman-hpc") == "--network host"  # maps the calling user itself
+    assert worker_container_options("podman") == "--rm --network host --user $(id -u):$(id -g)"
+    assert worker_container_options("docker", "--env A=1") == "--rm --network host --user $(id -u):$(id -g) --env A=1"
+    assert worker_container_options("podman-hpc") == "--rm --network host"  # maps the calling user itself
     # The site's own choices win, and adding twice changes nothing.
-    assert worker_container_options("podman", "--net=slirp4netns --userns keep-id") == "--net=slirp4netns --userns keep-id"
+    assert worker_container_options("podman", "--rm --net=slirp4netns --userns keep-id") == "--rm --net=slirp4netns --userns keep-id"
     once = worker_container_options("podman", "--env A=1")
     assert worker_container_options("podman", once) == once
     for runtime in ("apptainer", "singularity"):  # host network and the caller's uid already
@@ -115,7 +115,7 @@ def test_docker_like_launch_command(runtime, tmp_path):
     words = _launch(_site(runtime, PINNED, "--env FAASCTL_X=1"), tmp_path)
     run = words[: words.index(PINNED) + 1]
     user = ["--user", "$(id", "-u):$(id", "-g)"] if runtime != "podman-hpc" else []
-    assert run == [runtime, "run", "--network", "host", *user, "--env", "FAASCTL_X=1",
+    assert run == [runtime, "run", "--rm", "--network", "host", *user, "--env", "FAASCTL_X=1",
                    "-v", f"{tmp_path}:{tmp_path}", "-t", PINNED]
     assert words[len(run):][:3] == WORKER_POOL  # the image's own globus-compute-endpoint and parsl
 
@@ -135,7 +135,7 @@ def test_rendered_config_carries_the_container_settings():
     engine = yaml.safe_load(_pass2(files))["engine"]
     assert engine["container_type"] == "podman"
     assert engine["container_uri"] == PINNED
-    assert engine["container_cmd_options"] == "--network host --user $(id -u):$(id -g) --env A=1"
+    assert engine["container_cmd_options"] == "--rm --network host --user $(id -u):$(id -g) --env A=1"
     built = load_endpoint_config(files, site=site).engine
     assert (built.container_type, built.container_uri) == ("podman", PINNED)
 
@@ -150,11 +150,11 @@ def _pass2(files: Any) -> str:
 # --- direct mode refuses a moving tag and checks the image before submitting --------------------
 
 
-def test_direct_mode_refuses_a_moving_tag():
+def test_direct_mode_refuses_a_moving_tag(tmp_path):
     with pytest.raises(ImageReferenceError, match=r"site 'slurm': image ghcr.io/hep/w:1 is a moving tag; .* NAME@sha256"):
         check_worker_image(_site("podman", "ghcr.io/hep/w:1"))
     result = runner.invoke(app, ["fit", str(EXAMPLE), "--site", "slurm", "--direct", "--set", "container.type=podman",
-                                 "--set", "image=ghcr.io/hep/w:1", "--out", "unused"])
+                                 "--set", "image=ghcr.io/hep/w:1", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert "image ghcr.io/hep/w:1 is a moving tag" in result.output and "Traceback" not in result.output
 
@@ -310,10 +310,13 @@ def test_slurm_job_pulls_by_digest_and_fits_in_podman(podman, pushed_worker, ref
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _check(json.loads((tmp_path / "out" / "results.json").read_text())["results"], reference)
 
-    # The block's batch script ran the pinned image with podman, and podman now has it, pulled by the job.
-    scripts = list((tmp_path / "runinfo" / "faasctl-slurm").rglob("*.submit"))
-    assert scripts, "no batch script in the run folder"
-    assert any("podman run --network host" in s.read_text() and f"-t {pushed_worker} " in s.read_text() for s in scripts)
+    # The block ran the pinned image with podman, which pulled it in the Slurm job (the block's stderr).
+    blocks = tmp_path / "runinfo" / "faasctl-slurm"
+    commands = [path.read_text() for path in blocks.rglob("submit_scripts/cmd_*.sh")]
+    assert commands and all(text.startswith("podman run --rm --network host --user 0:0 ") for text in commands), commands
+    assert all(f" -t {pushed_worker} globus-compute-endpoint python-exec " in text for text in commands)
+    stderr = "".join(path.read_text() for path in blocks.rglob("submit_scripts/*.stderr"))
+    assert f"Trying to pull {pushed_worker}..." in stderr, stderr[-2000:]
     assert subprocess.run([podman, "image", "exists", pushed_worker], timeout=60).returncode == 0
 
 
@@ -350,6 +353,6 @@ def test_globus_compute_engine_runs_workers_in_the_rendered_container(podman, pu
     pallet = load_pallet(EXAMPLE)
     with local_engine(workers=2, run_dir=tmp_path / "endpoint", container=container) as executor:
         launch = executor.engine.executor.launch_cmd
-        assert launch.startswith("podman run --network host") and f"-t {pushed_worker} " in launch
+        assert launch.startswith("podman run --rm --network host") and f"-t {pushed_worker} " in launch
         results = [r.model_dump() if hasattr(r, "model_dump") else vars(r) for r in FitClient(executor).scan(pallet)]
     _check(results, reference)

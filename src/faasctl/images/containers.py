@@ -9,12 +9,18 @@ Globus Compute's engine wraps the worker-pool command in the runtime's ``run`` c
 Apptainer and Singularity share the host's network and run as the calling user. The docker-like runtimes
 do neither by default, so faasctl adds, unless the site's ``container.options`` already choose:
 
+``--rm``
+    a block's container is removed when its worker pool exits, rather than left behind on the node;
 ``--network host``
     the worker pool connects back to the interchange on the host's addresses (loopback included);
 ``--user $(id -u):$(id -g)`` (docker, podman)
     the pool writes its logs in the mounted run folder as the user who submitted the block, not as the
     image's uid 1000. podman-hpc maps the calling user itself. Rootless podman also needs
     ``--userns keep-id`` in ``container.options``.
+
+When the scheduler kills a block, rootful podman's container can outlive the job (its monitor, conmon,
+is not the job's child): the worker pool then exits by itself once the interchange's heartbeats stop
+(``heartbeat_threshold``), and ``--rm`` removes the container.
 """
 
 from __future__ import annotations
@@ -47,13 +53,13 @@ def worker_container_options(container_type: str, options: str = "") -> str:
 
     Example:
         >>> worker_container_options("podman", "--env FOO=1")
-        '--network host --user $(id -u):$(id -g) --env FOO=1'
+        '--rm --network host --user $(id -u):$(id -g) --env FOO=1'
         >>> worker_container_options("apptainer", "--nv")
         '--nv'
     """
     if container_type not in DOCKER_TYPES:
         return options
-    added = []
+    added = [] if _has_option(options, "--rm") else ["--rm"]
     if not _has_option(options, "--network", "--net"):
         added.append("--network host")
     if container_type != "podman-hpc" and not _has_option(options, "--user", "-u", "--userns"):
