@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import EXAMPLE, ROOT, require
+from conftest import EXAMPLE, require
 from typer.testing import CliRunner
 
 from faasctl.cli.main import app
@@ -274,6 +274,20 @@ def pushed_worker(cpu_image, registry) -> str:
     return result.output.strip()
 
 
+@pytest.fixture
+def worker_containers(podman, pushed_worker):
+    """Removes the test's worker containers after it.
+
+    A block killed by the scheduler (or an engine shut down) leaves its podman container running until
+    the worker pool misses the interchange's heartbeats (see `faasctl.images.containers`).
+    """
+    yield
+    found = subprocess.run([podman, "ps", "-aq", "--filter", f"ancestor={pushed_worker}"],
+                           capture_output=True, text=True, timeout=60).stdout.split()
+    if found:
+        subprocess.run([podman, "rm", "--force", "--time", "0", *found], capture_output=True, timeout=120)
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict[str, tuple[float, list[float]]]:
     pallet = load_pallet(EXAMPLE)
@@ -296,7 +310,7 @@ def _sinfo() -> bool:
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_slurm_job_pulls_by_digest_and_fits_in_podman(podman, pushed_worker, reference, tmp_path):
+def test_slurm_job_pulls_by_digest_and_fits_in_podman(podman, pushed_worker, worker_containers, reference, tmp_path):
     require(_sinfo(), "a Slurm cluster answering sinfo (.ci/slurm-up.sh)")
     # Not in podman's store: the Slurm job itself must pull it, by digest.
     subprocess.run([podman, "image", "rm", "--force", pushed_worker], capture_output=True, timeout=120)
@@ -340,7 +354,8 @@ def test_a_wrong_digest_fails_the_scan_at_once(podman, pushed_worker, tmp_path):
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_globus_compute_engine_runs_workers_in_the_rendered_container(podman, pushed_worker, reference, tmp_path):
+def test_globus_compute_engine_runs_workers_in_the_rendered_container(podman, pushed_worker, worker_containers, reference,
+                                                                      tmp_path):
     from faasctl.executors.gc_engine import local_engine
     from faasctl.scan.client import FitClient
 
