@@ -256,7 +256,9 @@ def build_image(
     except docker.errors.DockerException as err:
         raise ImageBuildError(f"{dockerfile}: the engine has no image {tag} after the build: {_short(err)}") from err
     if push:
-        _push(client, tag, emit)
+        from faasctl.images.registry import push_image
+
+        log.info("pushed %s", push_image(tag, tag, client=client, on_status=lambda line: emit(BuildLog(line))))
     return WorkerImage.from_attrs(image.attrs)
 
 
@@ -266,23 +268,6 @@ def list_images(client: docker.DockerClient | None = None) -> list[WorkerImage]:
     images = client.images.list(filters={"label": LABEL_FLAVOR, "dangling": False})
     found = [WorkerImage.from_attrs(image.attrs) for image in images]
     return sorted(found, key=lambda image: image.created, reverse=True)
-
-
-def _push(client: docker.DockerClient, tag: str, emit: Callable[[BuildLog], None]) -> None:
-    import docker
-
-    repository, _, name = tag.rpartition(":")
-    if "/" in name or not repository:  # "host:port/repo" without a tag
-        repository, name = tag, "latest"
-    try:
-        for chunk in client.api.push(repository, tag=name, stream=True, decode=True):
-            if "error" in chunk or "errorDetail" in chunk:
-                detail = chunk.get("errorDetail", {}).get("message") or chunk.get("error", "")
-                raise ImageBuildError(f"pushing {tag} failed: {detail}")
-            if chunk.get("status"):
-                emit(BuildLog(" ".join(str(chunk[k]) for k in ("id", "status") if chunk.get(k))))
-    except docker.errors.DockerException as err:
-        raise ImageBuildError(f"pushing {tag} failed: {_short(err)}") from err
 
 
 def _check_flavor(flavor: str) -> None:

@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from faasctl.images.containers import worker_container_options
 from faasctl.study import WORKER_ENV
 from faasctl.exceptions import MissingExtra, RenderError
-from faasctl.images.containers import worker_container_options
 
 if TYPE_CHECKING:
     from parsl.providers.base import ExecutionProvider
@@ -202,11 +202,11 @@ def render_endpoint(site: SiteRecord) -> EndpointFiles:
 
     env = _jinja_env()
     context = {
+        "container_options": worker_container_options(site.container.type, site.container.options) if site.container else "",
         "site": site,
         "limits": _user_limits(site),
         "worker_init": _worker_init(site),
         "container_uri": _container_uri(site),
-        "container_options": worker_container_options(site.container.type, site.container.options) if site.container else "",
     }
     files = EndpointFiles()
     for name, template in (
