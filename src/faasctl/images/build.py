@@ -166,7 +166,8 @@ def docker_client() -> docker.DockerClient:
         raise MissingExtra("docker", "docker") from err
     host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (the default)"
     try:
-        client = docker.from_env(timeout=60)
+        # Generous: on copy-based storage (vfs) creating a container copies the image's whole filesystem.
+        client = docker.from_env(timeout=300)
         client.ping()
     except docker.errors.DockerException as err:
         raise ImageBuildError(
