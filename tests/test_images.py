@@ -217,6 +217,23 @@ def test_selftest_bad_patch_exits_2(capsys):
 # --- a real build ---------------------------------------------------------------------------------
 
 
+def run_in_image(client, tag: str, command: list[str] | None = None, **kwargs) -> bytes:
+    """``docker run --rm --network none TAG COMMAND``'s stdout, waiting as long as a busy engine needs.
+
+    (``containers.run`` waits within the client's HTTP timeout; on vfs under load, creating the container
+    alone copies the image's whole filesystem.)
+    """
+    container = client.containers.create(tag, command, network_mode="none", **kwargs)
+    try:
+        container.start()
+        status = container.wait(timeout=1200)
+        out = container.logs(stdout=True, stderr=False)
+        assert status["StatusCode"] == 0, container.logs(stdout=False, stderr=True).decode()[-2000:]
+        return out
+    finally:
+        container.remove(force=True)
+
+
 @pytest.fixture
 def engine():
     """A docker client for the engine at DOCKER_HOST (.ci/docker-up.sh starts one)."""
@@ -265,9 +282,7 @@ def test_cpu_image_builds_and_fits_like_pyhf(engine, cpu_image, tmp_path):
     for path in (mount, *mount.iterdir()):  # readable by the image's uid 1000
         path.chmod(0o755 if path.is_dir() else 0o644)
     command = ["python", "-m", "faasctl.images.selftest", "--pallet", "/pallet", "--patch", patch.name, "--backend", "numpy"]
-    out = client.containers.run(tag, command, volumes={str(mount): {"bind": "/pallet", "mode": "ro"}},
-                                network_mode="none", remove=True, stdout=True, stderr=False)
-    report = json.loads(out)
+    report = json.loads(run_in_image(client, tag, command, volumes={str(mount): {"bind": "/pallet", "mode": "ro"}}))
     assert report["ok"], report
     assert report["info"]["uid"] == 1000 and report["info"]["faasctl"] == __version__
     assert report["info"]["pyhf"] == labels["dev.faasctl.pyhf.version"]
@@ -279,5 +294,5 @@ def test_cpu_image_builds_and_fits_like_pyhf(engine, cpu_image, tmp_path):
         assert_cls_close(got, want)
 
     # The image's default command is the self test on the synthetic model.
-    default = json.loads(client.containers.run(tag, network_mode="none", remove=True, stdout=True, stderr=False))
+    default = json.loads(run_in_image(client, tag))
     assert default["ok"] and default["result"]["patch"] == "synthetic"
