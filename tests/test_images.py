@@ -220,9 +220,12 @@ def test_selftest_bad_patch_exits_2(capsys):
 def run_in_image(client, tag: str, command: list[str] | None = None, **kwargs) -> bytes:
     """``docker run --rm --network none TAG COMMAND``'s stdout, waiting as long as a busy engine needs.
 
-    (``containers.run`` waits within the client's HTTP timeout; on vfs under load, creating the container
-    alone copies the image's whole filesystem.)
+    (``containers.run`` waits within the client's HTTP timeout; on vfs under load, creating and starting
+    the container copies and mounts the image's whole filesystem, which can take minutes.)
     """
+    import docker
+
+    client = docker.DockerClient(base_url=client.api.base_url, timeout=1200)
     container = client.containers.create(tag, command, network_mode="none", **kwargs)
     try:
         container.start()
