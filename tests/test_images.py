@@ -225,7 +225,7 @@ def run_in_image(client, tag: str, command: list[str] | None = None, **kwargs) -
     """
     import docker
 
-    client = docker.DockerClient(base_url=client.api.base_url, timeout=1200)
+    client = docker.from_env(timeout=1200)  # the engine at DOCKER_HOST, as the fixture's
     container = client.containers.create(tag, command, network_mode="none", **kwargs)
     try:
         container.start()
