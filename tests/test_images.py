@@ -217,7 +217,7 @@ def test_selftest_bad_patch_exits_2(capsys):
 # --- a real build ---------------------------------------------------------------------------------
 
 
-def run_in_image(client, tag: str, command: list[str] | None = None, **kwargs) -> bytes:
+def run_in_image(tag: str, command: list[str] | None = None, **kwargs) -> bytes:
     """``docker run --rm --network none TAG COMMAND``'s stdout, waiting as long as a busy engine needs.
 
     (``containers.run`` waits within the client's HTTP timeout; on vfs under load, creating and starting
@@ -225,7 +225,7 @@ def run_in_image(client, tag: str, command: list[str] | None = None, **kwargs) -
     """
     import docker
 
-    client = docker.from_env(timeout=1200)  # the engine at DOCKER_HOST, as the fixture's
+    client = docker.from_env(timeout=1200)  # the engine at DOCKER_HOST, as the `engine` fixture's
     container = client.containers.create(tag, command, network_mode="none", **kwargs)
     try:
         container.start()
@@ -285,7 +285,7 @@ def test_cpu_image_builds_and_fits_like_pyhf(engine, cpu_image, tmp_path):
     for path in (mount, *mount.iterdir()):  # readable by the image's uid 1000
         path.chmod(0o755 if path.is_dir() else 0o644)
     command = ["python", "-m", "faasctl.images.selftest", "--pallet", "/pallet", "--patch", patch.name, "--backend", "numpy"]
-    report = json.loads(run_in_image(client, tag, command, volumes={str(mount): {"bind": "/pallet", "mode": "ro"}}))
+    report = json.loads(run_in_image(tag, command, volumes={str(mount): {"bind": "/pallet", "mode": "ro"}}))
     assert report["ok"], report
     assert report["info"]["uid"] == 1000 and report["info"]["faasctl"] == __version__
     assert report["info"]["pyhf"] == labels["dev.faasctl.pyhf.version"]
@@ -297,5 +297,5 @@ def test_cpu_image_builds_and_fits_like_pyhf(engine, cpu_image, tmp_path):
         assert_cls_close(got, want)
 
     # The image's default command is the self test on the synthetic model.
-    default = json.loads(run_in_image(client, tag))
+    default = json.loads(run_in_image(tag))
     assert default["ok"] and default["result"]["patch"] == "synthetic"
