@@ -11,6 +11,9 @@ import functools
 import json
 import os
 import shutil
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +113,58 @@ def pyhf_reference(pallet: Pallet, name: str) -> list[float]:
     if key not in _COMPUTED:
         _COMPUTED[key] = cls_values(pyhf_hypotest(pallet.workspace_spec(patch, shared=True)))
     return _COMPUTED[key]
+
+
+# --- worker images and the registry ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """A worker image that `faasctl image build` made in this test session."""
+
+    tag: str
+    output: str
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def cpu_image() -> BuiltImage:
+    """The CPU worker image, built once per session by ``faasctl image build`` on the engine at DOCKER_HOST.
+
+    Needs the engine and a local base image with Python (``eval "$(.ci/docker-up.sh)"`` exports both);
+    the engine's layer cache makes a rebuild with unchanged sources quick. FAASCTL_TEST_IMAGE=TAG uses
+    an image built before instead (a developer's shortcut: a change to src/ rebuilds faasctl's layers).
+    """
+    reuse = os.environ.get("FAASCTL_TEST_IMAGE")
+    if reuse:
+        return BuiltImage(reuse, f"Built {reuse} (FAASCTL_TEST_IMAGE)", 0.0)
+    from typer.testing import CliRunner
+
+    from faasctl.cli.main import app
+    from faasctl.exceptions import ImageBuildError
+    from faasctl.images import docker_client
+
+    try:
+        docker_client()
+    except ImageBuildError as err:
+        require(False, f"a Docker engine (.ci/docker-up.sh): {err}")
+    base = os.environ.get("FAASCTL_BASE_IMAGE")
+    require(base is not None, "FAASCTL_BASE_IMAGE, a local base image with Python (.ci/docker-up.sh)")
+    tag = "faasctl-worker:pytest-cpu"
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["image", "build", "--flavor", "cpu", "--base-image", base, "--tag", tag, "--quiet"])
+    assert result.exit_code == 0, result.output
+    return BuiltImage(tag, result.output, time.perf_counter() - start)
+
+
+@pytest.fixture(scope="session")
+def registry() -> str:
+    """``HOST:PORT`` of the local OCI registry (``eval "$(.ci/registry-up.sh)"`` exports FAASCTL_REGISTRY)."""
+    address = os.environ.get("FAASCTL_REGISTRY", "127.0.0.1:5055")
+    try:
+        with urllib.request.urlopen(f"http://{address}/v2/", timeout=5) as response:
+            answers = response.status == 200
+    except OSError:
+        answers = False
+    require(answers, f"an OCI registry at {address} (.ci/registry-up.sh)")
+    return address

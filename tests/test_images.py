@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -201,6 +200,26 @@ def test_selftest_bad_patch_exits_2(capsys):
 # --- a real build ---------------------------------------------------------------------------------
 
 
+def run_in_image(tag: str, command: list[str] | None = None, **kwargs) -> bytes:
+    """``docker run --rm --network none TAG COMMAND``'s stdout, waiting as long as a busy engine needs.
+
+    (``containers.run`` waits within the client's HTTP timeout; on vfs under load, creating and starting
+    the container copies and mounts the image's whole filesystem, which can take minutes.)
+    """
+    import docker
+
+    client = docker.from_env(timeout=1200)  # the engine at DOCKER_HOST, as the `engine` fixture's
+    container = client.containers.create(tag, command, network_mode="none", **kwargs)
+    try:
+        container.start()
+        status = container.wait(timeout=1200)
+        out = container.logs(stdout=True, stderr=False)
+        assert status["StatusCode"] == 0, container.logs(stdout=False, stderr=True).decode()[-2000:]
+        return out
+    finally:
+        container.remove(force=True)
+
+
 @pytest.fixture
 def engine():
     """A docker client for the engine at DOCKER_HOST (.ci/docker-up.sh starts one)."""
@@ -222,17 +241,12 @@ def test_failed_step_is_named(engine):
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_cpu_image_builds_and_fits_like_pyhf(engine, tmp_path):
+def test_cpu_image_builds_and_fits_like_pyhf(engine, cpu_image, tmp_path):
     client = engine
-    base = os.environ.get("FAASCTL_BASE_IMAGE")
-    require(base is not None, "FAASCTL_BASE_IMAGE, a local base image with Python (.ci/docker-up.sh)")
-    tag = "faasctl-worker:pytest-cpu"
-
-    start = time.perf_counter()
-    result = runner.invoke(app, ["image", "build", "--flavor", "cpu", "--base-image", base, "--tag", tag, "--quiet"])
-    assert result.exit_code == 0, result.output
-    print(f"cpu image built in {time.perf_counter() - start:.0f} s")  # shown with -rP: the CI budget
-    assert f"Built {tag}" in result.output
+    base = os.environ["FAASCTL_BASE_IMAGE"]
+    tag = cpu_image.tag
+    print(f"cpu image built in {cpu_image.seconds:.0f} s")  # shown with -rP: the CI budget
+    assert f"Built {tag}" in cpu_image.output
 
     image = client.images.get(tag)
     labels = image.labels
@@ -254,9 +268,7 @@ def test_cpu_image_builds_and_fits_like_pyhf(engine, tmp_path):
     for path in (mount, *mount.iterdir()):  # readable by the image's uid 1000
         path.chmod(0o755 if path.is_dir() else 0o644)
     command = ["python", "-m", "faasctl.images.selftest", "--pallet", "/pallet", "--patch", patch.name, "--backend", "numpy"]
-    out = client.containers.run(tag, command, volumes={str(mount): {"bind": "/pallet", "mode": "ro"}},
-                                network_mode="none", remove=True, stdout=True, stderr=False)
-    report = json.loads(out)
+    report = json.loads(run_in_image(tag, command, volumes={str(mount): {"bind": "/pallet", "mode": "ro"}}))
     assert report["ok"], report
     assert report["info"]["uid"] == 1000 and report["info"]["faasctl"] == __version__
     assert report["info"]["pyhf"] == labels["dev.faasctl.pyhf.version"]
@@ -265,5 +277,5 @@ def test_cpu_image_builds_and_fits_like_pyhf(engine, tmp_path):
     assert_agrees(record, pyhf_reference(pallet, patch.name), patch.name)
 
     # The image's default command is the self test on the synthetic model.
-    default = json.loads(client.containers.run(tag, network_mode="none", remove=True, stdout=True, stderr=False))
+    default = json.loads(run_in_image(tag))
     assert default["ok"] and default["result"]["patch"] == "synthetic"

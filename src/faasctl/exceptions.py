@@ -14,6 +14,7 @@ __all__ = [
     "SiteConfigError",
     "RenderError",
     "ImageBuildError",
+    "ImageReferenceError",
     "DeployError",
     "ScanError",
     "ResultsError",
@@ -58,6 +59,12 @@ class ImageBuildError(FaasctlError):
     """Raised when a worker image cannot be built (no engine, failed step)."""
 
     exit_code = 1
+
+
+class ImageReferenceError(FaasctlError):
+    """Raised when an image reference is malformed, names no local image, or is a moving tag where a digest is needed."""
+
+    exit_code = 2
 
 
 class DeployError(FaasctlError):

@@ -1,7 +1,8 @@
-"""``faasctl image``: build and list the pyhf worker images."""
+"""``faasctl image``: build, list and push the pyhf worker images."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from enum import Enum
@@ -79,6 +80,37 @@ def build(
     )
     gpus = " --gpus all" if flavor is Flavor.cuda else ""
     console.print(f"Self test: docker run --rm{gpus} {escape(name)}", highlight=False)
+
+
+@app.command()
+def push(
+    source: Annotated[str, typer.Argument(help="An image the Docker engine has, e.g. faasctl-worker:0.1.0-cpu.")],
+    dest: Annotated[str, typer.Argument(help="REGISTRY/NAME[:TAG] to push to (TAG defaults to latest).")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print the digest reference only, no progress.")] = False,
+) -> None:
+    """Push a worker image to a registry and print its digest reference, NAME@sha256:....
+
+    Credentials come from the docker config (docker login REGISTRY). Put the printed reference in the site
+    file's image: (or --set image=...): workers then run exactly this image, whatever happens to the tag.
+
+    Example:
+
+      faasctl image push faasctl-worker:0.1.0-cpu registry.example.org/hep/faasctl-worker:0.1.0-cpu
+    """
+    from faasctl.images.registry import push_image
+
+    err = Console(stderr=True)
+    start = time.perf_counter()
+    spinner = err.status(f"Pushing {escape(source)} to {escape(dest)}") if not quiet else contextlib.nullcontext()
+    with spinner as status:
+        def show(line: str) -> None:
+            if status is not None:
+                status.update(f"Pushing {escape(source)}: {escape(line[:80])}")
+
+        pinned = push_image(source, dest, on_status=show)
+    if not quiet:
+        err.print(f"Pushed {escape(source)} in {time.perf_counter() - start:.0f} s; use the digest reference:", highlight=False)
+    typer.echo(pinned)
 
 
 @app.command("list")

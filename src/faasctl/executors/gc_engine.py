@@ -29,7 +29,7 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from faasctl.executors.capacity import executor_capacity, htex_capacity
 from faasctl.exceptions import ScanError
@@ -160,6 +160,7 @@ def local_engine(
     endpoint_id: uuid.UUID | None = None,
     worker_init: str = "",
     encrypted: bool = True,
+    container: Mapping[str, Any] | None = None,
 ) -> Iterator[EngineExecutor]:
     """A ``GlobusComputeEngine`` on this machine (parsl ``LocalProvider``, loopback), as an endpoint runs it.
 
@@ -170,6 +171,8 @@ def local_engine(
         worker_init: shell commands run before the workers start, after faasctl's
             one-thread-per-worker exports.
         encrypted: CurveZMQ between interchange and workers, as endpoints default to.
+        container: the engine's ``container_type``, ``container_uri`` and ``container_cmd_options``
+            (as a rendered endpoint config has them): the worker pool runs in that image.
 
     Raises:
         ScanError: ``globus-compute-endpoint`` (which launches the interchange and workers)
@@ -190,6 +193,7 @@ def local_engine(
             encrypted=encrypted,
             **loopback_options(workers, worker_init),
             job_status_kwargs={"max_idletime": 3600.0, "strategy_period": 1.0},
+            **dict(container or {}),
         )
         engine.start(endpoint_id=endpoint_id or uuid.uuid4(), run_dir=str(run_dir))
         executor = EngineExecutor(engine)

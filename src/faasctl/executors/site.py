@@ -29,10 +29,12 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from faasctl.images.containers import check_image, worker_container_options
+from faasctl.images.registry import is_pinned
 from faasctl.executors.parsl import INTERCHANGE_CMD, ParslExecutor, this_python_first_on_path, worker_init_exports
-from faasctl.exceptions import DeployError, ScanError
+from faasctl.exceptions import DeployError, ImageReferenceError, ScanError
 
-__all__ = ["site_executor", "site_config", "default_run_dir", "check_scheduler"]
+__all__ = ["site_executor", "site_config", "default_run_dir", "check_scheduler", "check_worker_image"]
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,9 @@ def site_config(
     # The interchange runs here, with this Python (not via a command on PATH).
     htex.interchange_launch_cmd = INTERCHANGE_CMD
     if engine.container_type:
-        # As the endpoint does at start-up: the worker pool runs inside the site's image.
+        # As the endpoint does at start-up: the worker pool runs inside the site's image,
+        # on the host's network so that it reaches the interchange here.
+        engine.container_cmd_options = worker_container_options(engine.container_type, engine.container_cmd_options or "")
         engine.run_dir = str(run_dir)
         htex.launch_cmd = engine.containerized_launch_cmd()
     htex.label = f"faasctl-{site.name}"
@@ -151,6 +155,23 @@ def site_config(
         initialize_logging=False,
         usage_tracking=0,
     )
+
+
+def check_worker_image(site: Any) -> None:
+    """Refuse a worker image named by a moving tag, and check that it can be pulled, before any block starts.
+
+    Direct mode runs the image it names on every node: a tag can point at other content by the time a
+    block starts, so only a digest (``NAME@sha256:...``, printed by ``faasctl image push``), an image id or
+    a ``.sif`` file is accepted. A wrong digest or a registry that is down fails here, in seconds, with the
+    image's name, rather than as a series of failed blocks.
+    """
+    image, runtime = site.image, site.container.type
+    if not is_pinned(image):
+        raise ImageReferenceError(
+            f"site {site.name!r}: image {image} is a moving tag; direct mode runs images by digest: "
+            "set image to NAME@sha256:... (faasctl image push prints it)"
+        )
+    log.info("site %s: worker image %s", site.name, check_image(runtime, image))
 
 
 @contextlib.contextmanager
@@ -193,6 +214,8 @@ def site_executor(
 
     Raises:
         RenderError: the site's endpoint config is refused by Globus Compute's loader.
+        ImageReferenceError: the site's image is a moving tag (`check_worker_image`).
+        DeployError: the site's image cannot be pulled (`check_worker_image`).
 
     Example:
         >>> from faasctl.scan.client import FitClient
@@ -203,6 +226,8 @@ def site_executor(
     """
     # parsl logs every task at INFO; keep the terminal for the progress bar.
     logging.getLogger("parsl").setLevel(logging.WARNING)
+    if site.container is not None and site.image:
+        check_worker_image(site)
     run_dir = Path(run_dir).resolve() if run_dir is not None else default_run_dir(site)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = site_config(

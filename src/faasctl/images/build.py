@@ -166,7 +166,8 @@ def docker_client() -> docker.DockerClient:
         raise MissingExtra("docker", "docker") from err
     host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (the default)"
     try:
-        client = docker.from_env(timeout=60)
+        # Generous: on copy-based storage (vfs) creating a container copies the image's whole filesystem.
+        client = docker.from_env(timeout=300)
         client.ping()
     except docker.errors.DockerException as err:
         raise ImageBuildError(
@@ -256,7 +257,9 @@ def build_image(
     except docker.errors.DockerException as err:
         raise ImageBuildError(f"{dockerfile}: the engine has no image {tag} after the build: {_short(err)}") from err
     if push:
-        _push(client, tag, emit)
+        from faasctl.images.registry import push_image
+
+        log.info("pushed %s", push_image(tag, tag, client=client, on_status=lambda line: emit(BuildLog(line))))
     return WorkerImage.from_attrs(image.attrs)
 
 
@@ -266,23 +269,6 @@ def list_images(client: docker.DockerClient | None = None) -> list[WorkerImage]:
     images = client.images.list(filters={"label": LABEL_FLAVOR, "dangling": False})
     found = [WorkerImage.from_attrs(image.attrs) for image in images]
     return sorted(found, key=lambda image: image.created, reverse=True)
-
-
-def _push(client: docker.DockerClient, tag: str, emit: Callable[[BuildLog], None]) -> None:
-    import docker
-
-    repository, _, name = tag.rpartition(":")
-    if "/" in name or not repository:  # "host:port/repo" without a tag
-        repository, name = tag, "latest"
-    try:
-        for chunk in client.api.push(repository, tag=name, stream=True, decode=True):
-            if "error" in chunk or "errorDetail" in chunk:
-                detail = chunk.get("errorDetail", {}).get("message") or chunk.get("error", "")
-                raise ImageBuildError(f"pushing {tag} failed: {detail}")
-            if chunk.get("status"):
-                emit(BuildLog(" ".join(str(chunk[k]) for k in ("id", "status") if chunk.get(k))))
-    except docker.errors.DockerException as err:
-        raise ImageBuildError(f"pushing {tag} failed: {_short(err)}") from err
 
 
 def _check_flavor(flavor: str) -> None:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from faasctl.images.containers import worker_container_options
 from faasctl.study import WORKER_ENV
 from faasctl.exceptions import MissingExtra, RenderError
 from faasctl.sites.model import IDENTITY_MAPPING_FILE
@@ -239,6 +240,7 @@ def render_endpoint(site: SiteRecord, *, endpoint_dir: str | os.PathLike[str] | 
         check_site(site)
     env = _jinja_env()
     context = {
+        "container_options": worker_container_options(site.container.type, site.container.options) if site.container else "",
         "site": site,
         "limits": _user_limits(site),
         "worker_init": _worker_init(site),
