@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -36,6 +37,7 @@ def fit(
     labels: options.Labels = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds one patch may take before it is recorded as failed.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw exclusion.png in --out.")] = True,
+    timeline: Annotated[bool, typer.Option("--timeline", help="Draw timeline.png (and timeline.json) in --out: where the time went, per worker.")] = False,
 ) -> None:
     """Fit every signal patch of a pallet: one CLs hypothesis test per patch.
 
@@ -56,43 +58,58 @@ def fit(
     from faasctl.exceptions import SiteConfigError
     from faasctl.executors import describe_target, open_executor
     from faasctl.scan.runner import Scan
+    from faasctl.scan.timeline import Phases, process_start
 
+    phases = Phases()
+    phases.mark("imports", process_start())
     if direct == (site == "local" and site_file is None):
         raise SiteConfigError(f"site {site!r}: use --site NAME --direct for a site's own blocks, or the default 'local' without --direct")
     site_record = options.resolve_site(site, site_file, set_) if direct else None
 
-    with console.status(f"Reading {pallet} …"):
-        scan = Scan(pallet, out, patches=patch, force=force, region=region, ignore_digest=ignore_digest, labels=labels)
-    store = scan.store
-    if scan.skipped:
-        console.print(f"Resuming: {len(scan.skipped)} patches already in {store.json_path}, {len(scan.todo)} to fit.")
-
     target = site_record if site_record is not None else "local"
     engine, where = open_executor(site=target, workers=workers), describe_target(site=target, workers=workers)
-    start = time.perf_counter()
-    if scan.todo:
-        with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            TextColumn("[red]{task.fields[failed]}"), console=console, transient=False,
-        ) as progress:
-            bar = progress.add_task(f"Fitting on {where}", total=len(scan.todo), rate="", failed="")
-            progress.update(bar, description="Starting workers")
-            failed = 0
-            try:
-                with engine as executor:
+    done: list = []
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if site_record is None:
+            # local workers start (imports, JAX) while the pallet is read
+            with phases("engine start"):
+                executor = stack.enter_context(engine)
+        with console.status(f"Reading {pallet} …"), phases("read pallet"):
+            scan = Scan(pallet, out, patches=patch, force=force, region=region, ignore_digest=ignore_digest, labels=labels)
+        store = scan.store
+        if scan.skipped:
+            console.print(f"Resuming: {len(scan.skipped)} patches already in {store.json_path}, {len(scan.todo)} to fit.")
+        if not scan.todo and executor is not None and hasattr(executor, "terminate"):
+            executor.terminate()  # nothing to fit: do not wait for the workers to get ready
+
+        start = time.perf_counter()
+        if scan.todo:
+            with Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                TextColumn("[red]{task.fields[failed]}"), console=console, transient=False,
+            ) as progress:
+                bar = progress.add_task(f"Fitting on {where}", total=len(scan.todo), rate="", failed="")
+                progress.update(bar, description="Starting workers")
+                failed = 0
+                try:
+                    if executor is None:
+                        with phases("engine start"):
+                            executor = stack.enter_context(engine)
                     progress.update(bar, description=f"Fitting ({backend.value}, {where})")
-                    results = scan.run(executor, backend=backend.value, timeout=timeout)
-                    for i, result in enumerate(results, 1):
-                        failed += not result.ok
-                        elapsed = time.perf_counter() - start
-                        progress.update(bar, advance=1, rate=f"{i / elapsed:.2f} patch/s",
-                                        failed=f"{failed} failed" if failed else "")
-            except KeyboardInterrupt:
-                progress.stop()
-                console.print(f"Interrupted: {len(store.done())} results are safe in {store.json_path}; "
-                              "run the same command again to resume.")
-                raise typer.Exit(130) from None
+                    with phases("scan"):
+                        for i, result in enumerate(scan.run(executor, backend=backend.value, timeout=timeout), 1):
+                            done.append(result)
+                            failed += not result.ok
+                            elapsed = time.perf_counter() - start
+                            progress.update(bar, advance=1, rate=f"{i / elapsed:.2f} patch/s",
+                                            failed=f"{failed} failed" if failed else "")
+                except KeyboardInterrupt:
+                    progress.stop()
+                    console.print(f"Interrupted: {len(store.done())} results are safe in {store.json_path}; "
+                                  "run the same command again to resume.")
+                    raise typer.Exit(130) from None
     wall = time.perf_counter() - start
 
     results = scan.results
@@ -104,9 +121,16 @@ def fit(
         highlight=False,
     )
     if plot:
-        png = scan.plot()
+        with phases("plot"):
+            png = scan.plot()
         if png:
             console.print(f"Exclusion plot → {png}")
+    if timeline:
+        from faasctl.scan.timeline import write_timeline
+
+        drawn = write_timeline(done, store.out_dir, phases=phases, title=f"faasctl fit {pallet} ({where})")
+        if drawn:
+            console.print(f"Timeline → {drawn}")
     if n_failed:
         for r in results:
             if not r.ok:
