@@ -80,8 +80,6 @@ def fit(
         store = scan.store
         if scan.skipped:
             console.print(f"Resuming: {len(scan.skipped)} patches already in {store.json_path}, {len(scan.todo)} to fit.")
-        if not scan.todo and executor is not None and hasattr(executor, "terminate"):
-            executor.terminate()  # nothing to fit: do not wait for the workers to get ready
 
         start = time.perf_counter()
         if scan.todo:

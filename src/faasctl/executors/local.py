@@ -151,15 +151,19 @@ class LocalExecutor(cf.Executor):
         pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def terminate(self) -> None:
-        """Stop now: end the workers (running tasks are lost) and shut the pool down."""
+        """Stop now: end the workers (tasks still running are lost) and shut the pool down."""
         with self._lock:
             self._shutdown = True
             pool = self._pool
-        # the pool has no public way to stop running tasks; its processes are plain Process objects
-        for process in list(getattr(pool, "_processes", {}).values()):
+        # a pool has no public way to stop running tasks; its processes are plain Process objects
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
             with contextlib.suppress(Exception):
                 process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        for process in processes:
+            process.join()
+        pool.shutdown(wait=True)
 
 
 @contextlib.contextmanager
@@ -172,8 +176,9 @@ def local_executor(
 ) -> Iterator[LocalExecutor]:
     """The embedded default engine: ``workers`` local processes (see `LocalExecutor`).
 
-    Leaving the block cancels the tasks not started and waits for the running ones; leaving
-    it by an exception (an error, Ctrl-C) ends the workers at once.
+    Leaving the block ends the workers (`LocalExecutor.terminate`): tasks still running then
+    are abandoned, as `faasctl.scan.client.FitClient` abandons a task that timed out, and a
+    hung fit does not hold the caller up.
 
     Example:
         >>> from faasctl.scan.client import FitClient
@@ -183,7 +188,5 @@ def local_executor(
     executor = LocalExecutor(workers, initializer=initializer, env=env, warm=warm)
     try:
         yield executor
-    except BaseException:
+    finally:
         executor.terminate()
-        raise
-    executor.shutdown(wait=True, cancel_futures=True)
