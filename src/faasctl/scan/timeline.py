@@ -100,8 +100,8 @@ def breakdown(results: Sequence[PatchResult], phases: Phases | None = None) -> d
     the last result); ``first_result`` from that start to the first result received.
     ``engine_start``: from the engine's start to the first worker process; ``worker_import``:
     a worker process's start to ready (median); ``compile``: the fits that compiled, less a
-    plain fit (median); ``fit``: a plain fit (median); ``fits``: all fit seconds over the
-    workers; ``tail``: from the last result to the end; ``overhead``: median round trip less
+    plain fit (median); ``fit``: a plain fit (median); ``fits``: the seconds of fitting on all
+    workers, compilation not counted; ``tail``: from the last result to the end; ``overhead``: median round trip less
     the time on the worker.
     """
     spans = phases.spans if phases is not None else {}
@@ -130,7 +130,7 @@ def breakdown(results: Sequence[PatchResult], phases: Phases | None = None) -> d
         "worker_import": statistics.median(r - s for s, r in setups) if setups else None,
         "compile": (statistics.median(compiling) - (fit or 0.0)) if compiling else None,
         "fit": fit,
-        "fits": sum(r.fit_time for r in results if r.fit_time is not None),
+        "fits": sum(plain) + len(compiling) * (fit or 0.0),
         "workers": len(lanes),
         "patches": len(results),
         "overhead": statistics.median(overheads) if overheads else None,
@@ -192,7 +192,9 @@ def timeline_plot(results: Sequence[PatchResult], path: str | Path, *, phases: P
     received = sorted(r.timing.received - origin for r in results if r.timing and r.timing.received)
     if received:
         ax.axvline(received[0], color="k", linestyle=":", linewidth=1, zorder=3)
-        ax.text(received[0], -0.6, " first result", fontsize=8, va="top")
+        right = received[0] > 0.8 * max([x + w for _, bars in rows for x, w, _ in bars] + received)
+        ax.text(received[0], -0.6, "first result " if right else " first result", fontsize=8, va="top",
+                ha="right" if right else "left")
     ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.9)
     ax.set_xlim(0, None)
