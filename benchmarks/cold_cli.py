@@ -108,11 +108,14 @@ def fit_cli(path: Path, out: Path, *, workers: int, cache: Path, extra: list[str
     return {"wall": wall, "breakdown": doc["breakdown"], "results": results}
 
 
-def agreement(name: str, results: list[dict[str, Any]]) -> str:
+REFERENCES = ROOT / "tests" / "data" / "reference"
+
+
+def agreement(name: str, results: list[dict[str, Any]], references: Path) -> str:
     """How many CLs agree with the committed plain-pyhf reference (default or converged SLSQP)."""
     from faasctl.study import agrees
 
-    ref_file = ROOT / "tests" / "data" / "reference" / f"{name}.json"
+    ref_file = references / f"{name}.json"
     if not ref_file.exists():
         return "no reference"
     ref = json.loads(ref_file.read_text())["patches"]
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slurm", action="store_true", help="also the warm run in direct mode on the slurm site")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where the workers' JAX runs")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--reference", type=Path, default=REFERENCES,
+                        help="folder of plain-pyhf references <pallet>.json (tests/data/make_references.py)")
     args = parser.parse_args(argv)
 
     from faasctl.pallets.load import load_pallet
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in ("cold", "warm"):
                 run = fit_cli(path, scratch / f"{name}-{kind}", workers=workers, cache=cache, env=env)
                 row[kind] = {"wall": run["wall"], **run["breakdown"]}
-                row[kind]["agreement"] = agreement(name, run["results"])
+                row[kind]["agreement"] = agreement(name, run["results"], args.reference)
             if args.slurm:
                 run = fit_cli(path, scratch / f"{name}-slurm", workers=workers, cache=cache, cwd=scratch,
                               extra=["--site", "slurm", "--direct", "--set", "provider.walltime=00:10:00"])
