@@ -3,9 +3,9 @@
 A `concurrent.futures.ProcessPoolExecutor` (``spawn`` start method) whose workers set
 `faasctl.study.WORKER_ENV`, import the fit backend and start JAX before the first task
 arrives, so that they get ready while the client still reads the pallet. It starts in a
-fraction of a second and runs a no-op task in ~0.1 ms; parsl's HighThroughputExecutor,
-which the sites use (`faasctl.executors.site`), needs ~1 s to start and ~6 s for its first
-task on a local block (docs/performance.md).
+fraction of a second; parsl's HighThroughputExecutor, which the sites use
+(`faasctl.executors.site`), needs ~1 s to start and ~6 s for its first task on a local
+block (docs/performance.md, ``benchmarks/engine_start.py``).
 
 Two things a bare process pool does not do, `LocalExecutor` does:
 
@@ -37,7 +37,7 @@ __all__ = ["LocalExecutor", "local_executor"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds between a worker's checks that its parent is still there (where prctl is missing).
+#: Seconds between a worker's checks that its parent is still there.
 PARENT_WATCH_PERIOD = 0.5
 
 
@@ -51,8 +51,8 @@ def _die_with_parent(parent: int, death_signal: bool) -> None:
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
-    # The death signal goes with the parent *thread* that started the worker, and
-    # is not there on other systems: a thread that watches the parent process covers both.
+    # The death signal is Linux only and goes with the *thread* that started the worker
+    # (not armed for other threads): a thread that watches the parent process covers both.
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_WATCH_PERIOD)
