@@ -252,7 +252,7 @@ def local_ex():
     """The embedded engine with 2 workers (they import this module by reference)."""
     with local_executor(2) as ex:
         # wait for both workers, so background shipping is not skewed by a late worker
-        list(cf.as_completed([ex.submit(time.sleep, 0.5) for _ in range(2)], timeout=120))
+        list(cf.as_completed([ex.submit(time.sleep, 0.5) for _ in range(2)], timeout=600))
         yield ex
 
 

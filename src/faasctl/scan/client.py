@@ -239,6 +239,8 @@ class FitClient:
             }
             for i, j in enumerate(task.jobs)
         ]
+        task.sizes = [len(pickle.dumps(p, protocol=pickle.HIGHEST_PROTOCOL)) for p in payloads]
+        task.submitted_at = time.time()  # before: a worker may start it before submit returns
         try:
             if task.batched:
                 fut = self.executor.submit(run_batch, self.function, payloads)
@@ -251,8 +253,6 @@ class FitClient:
         for job in task.jobs:
             job.needs_background = False
         task.submitted = time.monotonic()
-        task.submitted_at = time.time()
-        task.sizes = [len(pickle.dumps(p, protocol=pickle.HIGHEST_PROTOCOL)) for p in payloads]
         return fut
 
     def _collect(self, fut: cf.Future[Any], task: _Task, queue: deque[_Job]) -> Iterator[PatchResult]:
