@@ -1,7 +1,7 @@
 """``faasctl check``: health-check fits on the real local engine, healthy and broken.
 
-A broken worker is made the way a bad upgrade breaks one: a ``sitecustomize.py`` on the
-workers' PYTHONPATH (through ``worker_init``, as a site's endpoint config would set it)
+A broken worker is made the way a bad upgrade breaks one: code run in each worker when it
+starts (the local engine's ``initializer``, as a site's ``worker_init`` would run it)
 patches ``pyhf.infer.hypotest`` to return wrong numbers, or to hang.
 """
 
@@ -70,14 +70,13 @@ pyhf.infer.hypotest = hypotest
 
 
 @pytest.fixture
-def worker_site(monkeypatch, tmp_path):
-    """Make ``--site local`` start workers with ``sitecustomize.py`` holding ``code`` (patched where it is imported)."""
+def worker_site(monkeypatch):
+    """Make ``--site local`` start workers that run ``code`` first (patched where it is imported)."""
 
     def install(code: str) -> None:
-        (tmp_path / "sitecustomize.py").write_text(code)
-        init = f"export PYTHONPATH={tmp_path}:${{PYTHONPATH:-}}"
+        run_code = functools.partial(exec, code, {})  # picklable: runs in each worker as it starts
         monkeypatch.setattr(faasctl.executors.local, "local_executor",
-                            functools.partial(faasctl.executors.local.local_executor, worker_init=init))
+                            functools.partial(faasctl.executors.local.local_executor, initializer=run_code))
 
     return install
 

@@ -150,3 +150,26 @@ def test_cancelled_block_loses_nothing_and_resume_completes(pallet: Pallet, refe
     assert set(final) == set(pallet.patches)
     for result in final.values():
         _agrees(result, reference)
+
+
+def test_fit_direct_timeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``faasctl fit --site slurm --direct --timeline``: the workers' lanes come from the Slurm jobs."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from faasctl.cli.main import app
+
+    monkeypatch.chdir(tmp_path)  # the run folder (./runinfo) and the results
+    names = ["grid_300_0", "grid_500_100"]
+    args = ["fit", str(EXAMPLE), "--site", "slurm", "--direct", "--set", "provider.walltime=00:10:00",
+            "--out", "out", "--no-plot", "--timeline", *[a for n in names for a in ("--patch", n)]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "timeline.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "out" / "timeline.json").read_text())["breakdown"]
+    assert summary["patches"] == len(names) and summary["workers"] >= 1
+    stored = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    for r in stored:
+        t = r["timing"]
+        assert t["worker_start"] <= t["started"] <= t["finished"] and t["submitted"] <= t["received"]

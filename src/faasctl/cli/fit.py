@@ -82,6 +82,7 @@ def fit(
              f"\\[default: {DEFAULT_TIMEOUT:g}; {DIRECT_TIMEOUT:g} with --direct, where blocks may wait in the queue].",
     )] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Draw exclusion.png in --out.")] = True,
+    timeline: Annotated[bool, typer.Option("--timeline", help="Draw timeline.png (and timeline.json) in --out: where the time went, per worker.")] = False,
 ) -> None:
     """Fit every signal patch of a pallet: one CLs hypothesis test per patch.
 
@@ -99,8 +100,15 @@ def fit(
       faasctl fit SUSY-2018-04_likelihoods.tar.gz --region Region-combined --backend jax
 
       faasctl fit examples/simple --site river --direct
+
+      faasctl fit examples/simple --timeline
     """
     from faasctl.exceptions import SiteConfigError
+    from faasctl.executors import describe_target, open_executor
+    from faasctl.scan.timeline import Phases, process_start
+
+    phases = Phases()
+    phases.mark("imports", process_start())
 
     if direct == (site == "local" and site_file is None):
         raise SiteConfigError(f"site {site!r}: use --site NAME --direct for a site's own blocks, or the default 'local' without --direct")
@@ -114,14 +122,22 @@ def fit(
     if timeout is None:
         timeout = DIRECT_TIMEOUT if direct else DEFAULT_TIMEOUT
 
+    target = site_record if site_record is not None else "local"
+    engine, where = open_executor(site=target, workers=workers), describe_target(site=target, workers=workers)
     scan = None
     with _interrupts():
         try:
-            with console.status(f"Reading {escape(str(pallet))} …"):
-                scan = _open_scan(pallet, out, patches=patch, force=force, backend=backend.value, region=region,
-                                  ignore_digest=ignore_digest, labels=labels)
-            with scan:
-                failed = _fit(scan, site_record, workers, timeout, backend.value, plot)
+            with contextlib.ExitStack() as stack:
+                executor = None
+                if site_record is None:  # local workers start (imports, JAX) while the pallet is read
+                    with phases("engine start"):
+                        executor = stack.enter_context(engine)
+                with console.status(f"Reading {escape(str(pallet))} …"), phases("read pallet"):
+                    scan = _open_scan(pallet, out, patches=patch, force=force, backend=backend.value, region=region,
+                                      ignore_digest=ignore_digest, labels=labels)
+                stack.enter_context(scan)
+                failed = _fit(scan, lambda: stack.enter_context(engine), executor, where, timeout, backend.value,
+                              plot=plot, timeline=timeline, phases=phases, title=f"faasctl fit {pallet}")
         except KeyboardInterrupt:
             safe = len(scan.store.done()) if scan is not None else 0
             where = f" in {escape(str(scan.out))}" if scan is not None else ""
@@ -143,10 +159,12 @@ def _open_scan(pallet: Path, out: Optional[Path], **kwargs: Any) -> Any:
         raise ResultsError(str(err).replace("force=True", "--force").replace("another out folder", "another --out")) from None
 
 
-def _fit(scan: Any, site_record: Any, workers: Optional[int], timeout: float, backend: str, plot: bool) -> int:
-    """Fit what ``scan`` has to do, print the table; the number of failed patches."""
-    from faasctl.executors import describe_target, open_executor
-
+def _fit(
+    scan: Any, start_engine: Any, executor: Any, where: str, timeout: float, backend: str, *, plot: bool,
+    timeline: bool, phases: Any, title: str,
+) -> int:
+    """Fit what ``scan`` has to do on ``executor`` (started by ``start_engine()`` if None), print the table;
+    the number of failed patches."""
     store = scan.store
     if scan.changed:
         console.print(f"{len(scan.changed)} patches changed since the last run; refitting them "
@@ -155,8 +173,7 @@ def _fit(scan: Any, site_record: Any, workers: Optional[int], timeout: float, ba
         console.print(f"Resuming: {len(scan.skipped)} patches already in {escape(str(scan.out))}, {len(scan.todo)} to fit.",
                       highlight=False)
 
-    target = site_record if site_record is not None else "local"
-    engine, where = open_executor(site=target, workers=workers), describe_target(site=target, workers=workers)
+    done: list = []  # this run's results, for the timeline
     start = time.perf_counter()
     if scan.todo:
         with Progress(
@@ -167,9 +184,13 @@ def _fit(scan: Any, site_record: Any, workers: Optional[int], timeout: float, ba
             bar = progress.add_task(f"Fitting on {escape(where)}", total=len(scan.todo), rate="", failed="")
             progress.update(bar, description="Starting workers")
             failed = 0
-            with engine as executor:
-                progress.update(bar, description=f"Fitting ({backend}, {escape(where)})")
+            if executor is None:
+                with phases("engine start"):
+                    executor = start_engine()
+            progress.update(bar, description=f"Fitting ({backend}, {escape(where)})")
+            with phases("scan"):
                 for i, result in enumerate(scan.run(executor, timeout=timeout), 1):
+                    done.append(result)
                     failed += result.failed
                     elapsed = time.perf_counter() - start
                     progress.update(bar, advance=1, rate=f"{i / elapsed:.2f} patch/s",
@@ -187,9 +208,16 @@ def _fit(scan: Any, site_record: Any, workers: Optional[int], timeout: float, ba
         highlight=False,
     )
     if plot:
-        png = scan.plot()
+        with phases("plot"):
+            png = scan.plot()
         if png:
             console.print(f"Exclusion plot → {escape(str(png))}", highlight=False)
+    if timeline:
+        from faasctl.scan.timeline import write_timeline
+
+        drawn = write_timeline(done, scan.out, phases=phases, title=f"{title} ({where})")
+        if drawn:
+            console.print(f"Timeline → {escape(str(drawn))}", highlight=False)
     for r in results:
         if r.failed:
             console.print(f"[red]failed[/] {escape(r.patch)}: {escape(r.error or '')}", highlight=False)

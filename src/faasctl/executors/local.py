@@ -1,51 +1,192 @@
-"""The embedded default engine: worker processes on this machine."""
+"""The embedded default engine: a pool of worker processes on this machine.
+
+A `concurrent.futures.ProcessPoolExecutor` (``spawn`` start method) whose workers set
+`faasctl.study.WORKER_ENV`, import the fit backend and start JAX before the first task
+arrives, so that they get ready while the client still reads the pallet. It starts in a
+fraction of a second; parsl's HighThroughputExecutor, which the sites use
+(`faasctl.executors.site`), needs ~1 s to start and ~6 s for its first task on a local
+block (docs/performance.md, ``benchmarks/engine_start.py``).
+
+Two things a bare process pool does not do, `LocalExecutor` does:
+
+* **A dead worker costs its tasks, not the scan.** A pool whose worker dies (killed, out of
+  memory, a crash in native code) is *broken*: its tasks fail with ``BrokenProcessPool``
+  and it refuses new ones. `LocalExecutor` then starts a fresh pool for the next
+  submissions; `faasctl.scan.client.FitClient` resubmits the failed tasks as lost.
+* **Workers do not outlive their client.** Each worker watches its parent process and exits
+  as soon as it is gone (``PR_SET_PDEATHSIG`` on Linux, and a watch thread everywhere), so
+  ``kill -9`` of ``faasctl fit`` leaves no worker behind.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import logging
+import multiprocessing
 import os
-import tempfile
-from pathlib import Path
-from typing import Iterator
+import sys
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Iterator, Mapping
 
-from faasctl.executors.parsl import INTERCHANGE_CMD, ParslExecutor, loopback_options, quiet_parsl
+from faasctl.study import DEFAULT_BACKEND, WORKER_ENV
 
-__all__ = ["local_executor"]
+__all__ = ["LocalExecutor", "local_executor"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between a worker's checks that its parent is still there.
+PARENT_WATCH_PERIOD = 0.5
+
+
+def _die_with_parent(parent: int, death_signal: bool) -> None:
+    """Make this worker exit when ``parent`` (the process that started it) ends."""
+    if death_signal and sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    # The death signal is Linux only and goes with the *thread* that started the worker
+    # (not armed for other threads): a thread that watches the parent process covers both.
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_WATCH_PERIOD)
+        os._exit(1)
+
+    if os.getppid() != parent:  # the parent ended before the signal was armed
+        os._exit(1)
+    threading.Thread(target=watch, name="faasctl-parent-watch", daemon=True).start()
+
+
+def _start_worker(
+    parent: int, death_signal: bool, env: Mapping[str, str], warm: str | None, initializer: Callable[[], Any] | None
+) -> None:
+    """A worker's initializer: environment, parent watch, backend warm-up, then the caller's hook."""
+    os.environ.update(env)
+    _die_with_parent(parent, death_signal)
+    from faasctl.scan import worker
+
+    if warm:
+        worker.warm_up(warm)
+    worker.mark_ready()
+    if initializer is not None:
+        initializer()
+
+
+class LocalExecutor(cf.Executor):
+    """A process pool of ``workers`` local processes that replaces itself when a worker dies.
+
+    Args:
+        workers: worker processes (default: the number of cores).
+        initializer: called in each worker after faasctl has set it up (a picklable function,
+            e.g. ``functools.partial(exec, code)``; health-check tests use it to break a worker).
+        env: environment variables for the workers, on top of `faasctl.study.WORKER_ENV`.
+        warm: the backend each worker imports and starts before its first task (``None``: none).
+
+    Attributes:
+        started: when the engine was started (``time.time()``).
+        restarts: pools started again after a worker died.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        initializer: Callable[[], Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        warm: str | None = DEFAULT_BACKEND,
+    ) -> None:
+        self._max_workers = workers or os.cpu_count() or 1
+        self._env = {**WORKER_ENV, **(env or {})}
+        self._warm = warm
+        self._initializer = initializer
+        # spawn: a fresh interpreter per worker (no fork of a threaded client, no temp files)
+        self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self.started = time.time()
+        self.restarts = 0
+        self._pool = self._new_pool()
+
+    def __repr__(self) -> str:
+        return f"LocalExecutor({self._max_workers})"
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        # The parent-death signal follows the thread that starts a worker: arm it only
+        # for workers started by the main thread (the watch thread covers the others).
+        death_signal = threading.current_thread() is threading.main_thread()
+        pool = cf.ProcessPoolExecutor(
+            self._max_workers, mp_context=self._context, initializer=_start_worker,
+            initargs=(os.getpid(), death_signal, self._env, self._warm, self._initializer),
+        )
+        # A pool starts a worker per submission while none is idle: start them all now,
+        # so they import and warm up while the caller prepares its tasks.
+        for _ in range(self._max_workers):
+            pool.submit(int)
+        return pool
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            try:
+                return self._pool.submit(fn, *args, **kwargs)
+            except BrokenProcessPool as err:
+                # a worker died: its pool's tasks failed (the client resubmits them); start afresh
+                log.warning("a local worker died (%s); starting the workers again", err)
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self.restarts += 1
+                self._pool = self._new_pool()
+                return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            pool = self._pool
+        pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def terminate(self) -> None:
+        """Stop now: end the workers (tasks still running are lost) and shut the pool down."""
+        with self._lock:
+            self._shutdown = True
+            pool = self._pool
+        # a pool has no public way to stop running tasks; its processes are plain Process objects
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.terminate()
+        for process in processes:
+            process.join()
+        pool.shutdown(wait=True)
 
 
 @contextlib.contextmanager
 def local_executor(
-    workers: int | None = None, *, run_dir: str | Path | None = None, retries: int = 0, worker_init: str = ""
-) -> Iterator[ParslExecutor]:
-    """The embedded default engine: ``workers`` local processes behind parsl's HTEX on loopback.
+    workers: int | None = None,
+    *,
+    initializer: Callable[[], Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    warm: str | None = DEFAULT_BACKEND,
+) -> Iterator[LocalExecutor]:
+    """The embedded default engine: ``workers`` local processes (see `LocalExecutor`).
 
-    Args:
-        workers: worker processes (default: the number of cores).
-        run_dir: where parsl keeps its logs (default: a temporary folder, removed after).
-        retries: parsl-level retries of failed tasks (the client retries lost tasks itself).
-        worker_init: shell commands run before the workers start, after the thread-count
-            exports (as a site's ``worker_init``; health-check tests use it to break a worker).
+    Leaving the block ends the workers (`LocalExecutor.terminate`): tasks still running then
+    are abandoned, as `faasctl.scan.client.FitClient` abandons a task that timed out, and a
+    hung fit does not hold the caller up.
+
+    Example:
+        >>> from faasctl.scan.client import FitClient
+        >>> with local_executor(2) as executor:  # doctest: +SKIP
+        ...     results = list(FitClient(executor).scan(pallet))
     """
-    from parsl.config import Config
-    from parsl.executors import HighThroughputExecutor
-
-    quiet_parsl()
-    workers = workers or os.cpu_count() or 1
-    with contextlib.ExitStack() as stack:
-        if run_dir is None:
-            run_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="faasctl-parsl-"))
-        htex = HighThroughputExecutor(
-            label="faasctl-local", interchange_launch_cmd=INTERCHANGE_CMD, **loopback_options(workers, worker_init)
-        )
-        config = Config(
-            executors=[htex], run_dir=str(run_dir), retries=retries, strategy="none",
-            initialize_logging=False, usage_tracking=0,
-        )
-        executor = ParslExecutor(config)
-        try:
-            yield executor
-        finally:
-            executor.shutdown()
+    executor = LocalExecutor(workers, initializer=initializer, env=env, warm=warm)
+    try:
+        yield executor
+    finally:
+        executor.terminate()

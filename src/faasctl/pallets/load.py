@@ -161,10 +161,14 @@ class Pallet:
 
 
 def workspace_digest(spec: Mapping[str, Any]) -> str:
-    """The sha256 digest pyhf's patchsets record for their background workspace."""
-    import pyhf.utils
+    """The sha256 digest pyhf's patchsets record for their background workspace.
 
-    return str(pyhf.utils.digest(spec, algorithm="sha256"))
+    The same as ``pyhf.utils.digest(spec, "sha256")``, without importing pyhf (and scipy)
+    into a client that does not fit.
+    """
+    import hashlib
+
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode("utf8")).hexdigest()
 
 
 _NUMBER_RE = re.compile(r"^-?\d+(?:[.p]\d+)?$")
@@ -542,7 +546,31 @@ def _choose_region(tree: _Tree, regions: list[_Region], wanted: str | None) -> _
     raise PalletError(f"{tree.label}: no region {wanted!r}; regions: {names}")
 
 
+def _validated_marker(schema: str, where: str) -> Path | None:
+    """A file that says ``where`` (a plain file, unchanged since) passed ``schema`` before.
+
+    Schema validation of a large workspace takes longer than reading it; a pallet read again
+    (every scan of it, every resume) skips it. None where ``where`` is no file (an archive
+    member) or the cache is off (``FAASCTL_VALIDATED_CACHE=0``).
+    """
+    import hashlib
+    from importlib import metadata
+
+    if os.environ.get("FAASCTL_VALIDATED_CACHE", "1") in ("0", ""):
+        return None
+    try:
+        st = os.stat(where)
+        identity = f"{schema} {os.path.realpath(where)} {st.st_size} {st.st_mtime_ns} pyhf {metadata.version('pyhf')}"
+    except (OSError, metadata.PackageNotFoundError):
+        return None
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "faasctl" / "validated"
+    return root / hashlib.sha256(identity.encode()).hexdigest()
+
+
 def _validate(spec: Any, schema: str, where: str) -> None:
+    marker = _validated_marker(schema, where)
+    if marker is not None and marker.exists():
+        return
     import pyhf.exceptions
     import pyhf.schema
 
@@ -553,6 +581,12 @@ def _validate(spec: Any, schema: str, where: str) -> None:
         if len(message) > 200:  # jsonschema quotes the whole failing instance
             message = message[:200] + "…"
         raise PalletError(f"{where}: invalid {schema.removesuffix('.json')} at {err.path or '(top)'}: {message}") from err
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:  # an unwritable cache only costs the validation next time
+            pass
 
 
 def _parse_labels(labels: str | Sequence[str] | None) -> list[str] | None:

@@ -32,6 +32,9 @@ How a scan travels:
   seconds (``timeout * batch_size`` for a batch) with no task finishing meanwhile.
   Timed-out tasks cannot be stopped on most executors; they are abandoned and recorded as
   failed.
+* Every result records where its time went (`faasctl.scan.results.TaskTiming`): when its task
+  was submitted and its result received (client clock), when it started and finished (worker
+  clock), the queue wait, and the pickled size of the task and of its result.
 * With ``batch_size`` > 1 each task fits several patches in turn on one worker: fewer round
   trips for backends whose fits take less time than a round trip (the compiled jax backend on
   a remote endpoint). The default, one patch per task, balances load best.
@@ -42,6 +45,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import math
+import pickle
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -53,7 +57,7 @@ from faasctl.exceptions import ScanError
 from faasctl.study import DEFAULT_BACKEND
 from faasctl.executors.capacity import executor_capacity
 from faasctl.pallets.load import Pallet, Patch
-from faasctl.scan.results import PatchResult
+from faasctl.scan.results import PatchResult, TaskTiming
 from faasctl.scan.worker import NEED_BACKGROUND, fit_patch
 
 __all__ = ["FitClient", "TaskFunction", "run_batch", "error_text", "DEFAULT_TIMEOUT"]
@@ -94,6 +98,8 @@ class _Task:
     background: bool
     batched: bool
     submitted: float = field(default_factory=time.monotonic)
+    submitted_at: float = 0.0  # time.time(), for the results' timing
+    sizes: list[int] = field(default_factory=list)  # pickled size of each job's payload
 
 
 class FitClient:
@@ -249,6 +255,8 @@ class FitClient:
             }
             for i, j in enumerate(task.jobs)
         ]
+        task.sizes = [len(pickle.dumps(p, protocol=pickle.HIGHEST_PROTOCOL)) for p in payloads]
+        task.submitted_at = time.time()  # before: a worker may start it before submit returns
         try:
             if task.batched:
                 fut = self.executor.submit(run_batch, self.function, payloads)
@@ -274,9 +282,11 @@ class FitClient:
             for job in task.jobs:
                 yield self._failed(job, f"malformed result: expected {len(task.jobs)} record(s), got {output!r:.200}")
             return
+        received = time.time()
         for i, (job, record) in enumerate(zip(task.jobs, records)):
             result = self._result(job, record, task.background and i == 0, queue)
             if result is not None:
+                _add_timing(result, record, task, i, received)
                 yield result
 
     def _result(self, job: _Job, record: Any, carried: bool, queue: deque[_Job]) -> PatchResult | None:
@@ -316,6 +326,19 @@ class FitClient:
     def _failed(self, job: _Job, error: str) -> PatchResult:
         return PatchResult(patch=job.patch.name, values=list(job.patch.values), status="failed", error=error,
                            backend=self.backend)
+
+
+def _add_timing(result: PatchResult, record: dict[str, Any], task: _Task, index: int, received: float) -> None:
+    """The client's side of a result's timing, beside the worker's."""
+    timing = result.timing or TaskTiming()
+    timing.submitted, timing.received = task.submitted_at, received
+    timing.bytes_sent = task.sizes[index] if index < len(task.sizes) else None
+    timing.bytes_received = len(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+    if timing.started is not None:
+        timing.queue_wait = timing.started - task.submitted_at
+        if timing.finished is not None:
+            timing.overhead = (received - task.submitted_at) - (timing.finished - timing.started)
+    result.timing = timing
 
 
 def _select(pallet: Pallet, patches: Sequence[str | Patch] | None) -> list[Patch]:

@@ -40,13 +40,36 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from faasctl.exceptions import ResultsError
 
-__all__ = ["PatchResult", "ResultsDocument", "ResultStore", "SCHEMA_VERSION", "load_results", "patch_digest",
+__all__ = ["PatchResult", "TaskTiming", "ResultsDocument", "ResultStore", "SCHEMA_VERSION", "load_results", "patch_digest",
            "settings_id"]
 
 SCHEMA_VERSION = "1.0.0"
 EXPECTED_KEYS = ("cls_exp_m2", "cls_exp_m1", "cls_exp", "cls_exp_p1", "cls_exp_p2")
 DB_NAME = "results.sqlite"
 LOCK_NAME = ".faasctl.lock"
+
+
+class TaskTiming(BaseModel):
+    """Where a patch's time went: its task's times on the client's and the worker's clock (``time.time()``).
+
+    Client and worker clocks are the same on one machine; across machines ``queue_wait``
+    includes their offset, while ``overhead`` does not.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    submitted: float | None = Field(default=None, description="client: the task was handed to the executor")
+    received: float | None = Field(default=None, description="client: its result came back")
+    started: float | None = Field(default=None, description="worker: the task started")
+    finished: float | None = Field(default=None, description="worker: the task finished")
+    queue_wait: float | None = Field(default=None, description="seconds from submitted to started (both clocks)")
+    overhead: float | None = Field(default=None, description="round trip less the time on the worker, seconds")
+    bytes_sent: int | None = Field(default=None, description="pickled size of the task")
+    bytes_received: int | None = Field(default=None, description="pickled size of the result")
+    worker_start: float | None = Field(default=None, description="worker: its process started")
+    worker_ready: float | None = Field(default=None, description="worker: set up by the local engine (imports, JAX)")
+    setup: float | None = Field(default=None, description="seconds the task spent importing the backend")
+    compiled: bool | None = Field(default=None, description="the fit compiled the engine (first of a model layout)")
 
 
 class PatchResult(BaseModel):
@@ -72,6 +95,8 @@ class PatchResult(BaseModel):
     fallback: str | None = Field(default=None, description="why the jax engine handed the patch to plain pyhf")
     digest: str | None = Field(default=None, description="sha256 of the patch's content (values and operations)")
     settings: str | None = Field(default=None, description="id of the computation settings, a key of the document's settings")
+
+    timing: TaskTiming | None = Field(default=None, description="where the task's time went")
 
     @model_validator(mode="after")
     def _cls_only_when_ok(self) -> PatchResult:

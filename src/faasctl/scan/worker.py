@@ -11,22 +11,42 @@ A patch's record has ``status`` ``"ok"`` (with its CLs), ``"no_sensitivity"`` (n
 the reason in ``error``: `faasctl.study.no_sensitivity` decides it, the same for every
 backend) or ``"failed"``. Fits that raise are caught and returned as failed records: only
 lost workers and tasks (infrastructure) surface as exceptions, which executors may retry.
+
+Each record carries the worker's side of the task's timing (``timing``: when it started and
+finished on the worker's clock, when the worker process started and got ready, the seconds
+spent importing the backend, whether the fit compiled the engine); the client adds its side
+(`faasctl.scan.client`). JAX's persistent compilation cache is switched on before the first
+compilation (`enable_compilation_cache`), so a worker compiles each model layout once per
+machine and JAX version instead of once per process.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
+import math
 import os
 import socket
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
-__all__ = ["fit_patch", "noop", "worker_info", "NEED_BACKGROUND", "MAX_BACKGROUNDS"]
+__all__ = ["fit_patch", "noop", "worker_info", "warm_up", "mark_ready", "process_start_time", "enable_compilation_cache",
+           "compilation_cache_dir", "NEED_BACKGROUND", "MAX_BACKGROUNDS"]
+
+log = logging.getLogger(__name__)
 
 NEED_BACKGROUND = "need-background"
 #: Backgrounds a worker keeps (the ones used last); a scan needs one.
 MAX_BACKGROUNDS = 4
+
+#: Set to ``0`` to keep JAX's persistent compilation cache off; to a folder to put it there.
+CACHE_ENV = "FAASCTL_JAX_CACHE"
+
+# this process: when it started and got ready (initializer of the local engine), wall clock
+_PROCESS: dict[str, float | None] = {"start": None, "ready": None}
+_cache_checked = False
 
 # digest -> background spec, least recently used first
 _BACKGROUNDS: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
@@ -50,6 +70,114 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def process_start_time() -> float | None:
+    """When this process started, as a ``time.time()`` value (None where it cannot be told).
+
+    On Linux from ``/proc/self/stat`` against the boot-time clock (to the clock tick, unlike
+    psutil's, which counts from a boot time rounded to the second).
+    """
+    if _PROCESS["start"] is None:
+        try:
+            fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+            ticks = int(fields[19])  # field 22: starttime, in clock ticks since boot
+            since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+            _PROCESS["start"] = time.time() - (since_boot - ticks / os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError, AttributeError):
+            try:
+                import psutil
+
+                _PROCESS["start"] = psutil.Process().create_time()
+            except Exception:  # noqa: BLE001 - no /proc, no psutil
+                return None
+    return _PROCESS["start"]
+
+
+def mark_ready() -> None:
+    """Record that this worker process is set up (the local engine's initializer calls it)."""
+    _PROCESS["ready"] = time.time()
+
+
+def compilation_cache_dir() -> Path | None:
+    """Where JAX's persistent compilation cache goes, keyed by the versions that make its entries.
+
+    ``$FAASCTL_JAX_CACHE`` if set (``0``, ``off`` or empty: no cache), else
+    ``$XDG_CACHE_HOME/faasctl/jax/jax-<jax>-jaxlib-<jaxlib>`` (``~/.cache`` without XDG).
+    """
+    setting = os.environ.get(CACHE_ENV)
+    if setting is not None and setting.strip().lower() in ("", "0", "off", "false", "no"):
+        return None
+    from importlib import metadata
+
+    versions = "-".join(f"{d}-{_version(metadata, d)}" for d in ("jax", "jaxlib"))
+    if setting:
+        return Path(setting).expanduser() / versions
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "faasctl" / "jax" / versions
+
+
+def _version(metadata: Any, dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def enable_compilation_cache() -> Path | None:
+    """Switch JAX's persistent compilation cache on (once per process, before compiling).
+
+    Does nothing where JAX is not installed, where the user configured the cache already
+    (``JAX_COMPILATION_CACHE_DIR``), where it is switched off (`CACHE_ENV`), or where the
+    folder cannot be made writable: a cache that cannot be written only costs the compile.
+    """
+    global _cache_checked
+    if _cache_checked:
+        return None
+    _cache_checked = True
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is None or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return None
+    folder = compilation_cache_dir()
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"{folder} is not writable")
+    except OSError as err:
+        log.info("JAX compilation cache off: %s", err)
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    # the engine compiles in ~1-2 s; keep every compilation, not only those over 1 s
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return folder
+
+
+def warm_up(backend: str) -> None:
+    """Import ``backend`` and start its runtime, so the first task does not pay for it."""
+    from faasctl.backends import get_backend
+
+    if backend in ("jax", "auto"):
+        enable_compilation_cache()
+    try:
+        chosen = get_backend(backend)
+        if chosen.name == "jax":
+            import jax
+
+            jax.devices()  # starts the XLA client
+    except Exception as err:  # noqa: BLE001 - the first task reports it as a failed fit
+        log.warning("warming up backend %s failed: %s", backend, err)
+
+
+def _traces() -> int:
+    import sys
+
+    module = sys.modules.get("faasctl.backends.jax")
+    return sum(module.TRACES.values()) if module is not None else 0
+
+
 def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
     """Fit one patch.
 
@@ -60,6 +188,7 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
     Returns:
         A result record (see `faasctl.scan.results.PatchResult`) as a plain dict.
     """
+    started = time.time()
     from faasctl.backends import get_backend
     from faasctl.pallets.load import Patch
 
@@ -71,13 +200,19 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
         "backend": task["backend"],
         "worker": worker_id(),
     }
+    timing: dict[str, Any] = {"started": started, "worker_start": process_start_time(), "worker_ready": _PROCESS["ready"]}
     background = _background(digest, task.get("background"))
     if background is None:
-        return {**record, "status": NEED_BACKGROUND}
+        return {**record, "status": NEED_BACKGROUND, "timing": {**timing, "finished": time.time()}}
 
+    traces = _traces()
     start = time.perf_counter()
     try:
+        if task["backend"] in ("jax", "auto"):
+            enable_compilation_cache()
         backend = get_backend(task["backend"])
+        timing["setup"] = time.perf_counter() - start  # imports, on a worker's first task
+        start = time.perf_counter()
         record["backend"] = backend.name
         patch = Patch(patch_info["name"], tuple(patch_info["values"]), patch_info["operations"])
         result = backend.hypotest(background, digest, patch)
@@ -91,6 +226,8 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
         record.update(status="failed", error=f"{type(err).__name__}: {err}".strip())
         record["traceback"] = traceback.format_exc(limit=4)
     record["fit_time"] = time.perf_counter() - start
+    timing["compiled"] = _traces() > traces
+    record["timing"] = {**timing, "finished": time.time()}
     return record
 
 
