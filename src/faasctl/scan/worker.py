@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import os
 import socket
 import time
