@@ -205,3 +205,25 @@ def test_cuda_image_builds_and_its_self_test_fails_for_want_of_a_gpu(engine):
     assert report["result"]["status"] == "ok" and report["result"]["backend"] == "jax"
     assert report["reference"]["cls_obs"] == pytest.approx(report["result"]["cls_obs"], rel=1e-3, abs=1e-5)
     assert report["info"]["faasctl"] == __version__ and report["info"]["python"].startswith("3.11")
+
+
+def test_perlmutter_gpu_nodes_with_podman_hpc(loaded):
+    """The Perlmutter GPU variant docs/images.md gives: GPU nodes, podman-hpc --gpu, one worker per GPU."""
+    site = load_site("perlmutter", overrides=[
+        "provider.constraint=gpu",
+        'provider.scheduler_options="#SBATCH --gpus-per-node=4"',
+        "provider.launcher.overrides=-c 128 --cpu-bind=none",
+        "engine.max_workers_per_node=4",
+        "engine.available_accelerators=4",
+        f"image=ghcr.io/faasctl/faasctl-worker:{__version__}-cuda",
+        "container.type=podman-hpc",
+        "container.options=--gpu",
+    ])
+    config = loaded(site, {"account": "m1234"})
+    engine = config.engine
+    assert (engine.container_type, engine.container_cmd_options) == ("podman-hpc", "--gpu")
+    executor = engine.executor
+    assert executor.available_accelerators == ["0", "1", "2", "3"] and executor._workers_per_node == 4
+    provider = executor.provider
+    assert provider.constraint == "gpu" and "#SBATCH --gpus-per-node=4" in provider.scheduler_options
+    assert all(line in provider.worker_init.splitlines() for line in _gpu_exports())
