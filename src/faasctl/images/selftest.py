@@ -82,7 +82,7 @@ def gpu_check() -> dict[str, Any]:
     try:
         devices = [str(d) for d in jax.devices("cuda")]
     except RuntimeError as err:
-        message = " ".join(str(err).split())
+        message = " ".join((_cuda_plugin_error() or str(err)).split())
         libraries = any(fragment in message.lower() for fragment in _NO_DEVICE)
         error = (f"no GPU visible to JAX ({message}): {NO_GPU_HELP}" if libraries
                  else f"JAX's CUDA backend is broken, not only without a GPU ({message}): rebuild the image")
@@ -92,6 +92,20 @@ def gpu_check() -> dict[str, Any]:
     ok = bool(devices) and default == "gpu"
     error = None if ok else f"JAX computes on {default}, not on the GPUs {devices}"
     return {"ok": ok, "devices": devices, "default_backend": default, "libraries": True, "error": error}
+
+
+def _cuda_plugin_error() -> str | None:
+    """Why JAX's CUDA plugin did not start, from its own version check run again (JAX only logs it and
+    then knows no ``cuda`` backend at all)."""
+    try:
+        from jax_plugins import xla_cuda12
+
+        xla_cuda12._check_cuda_versions(raise_on_first_error=True)
+    except ImportError as err:
+        return f"JAX's CUDA plugin does not import: {err}"
+    except Exception as err:  # noqa: BLE001 - any failure of the check is the reason
+        return str(err)
+    return None
 
 
 def run_selftest(pallet: str | None = None, patch: str | None = None, backend: str = "auto",
