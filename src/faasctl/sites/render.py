@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EndpointFiles",
     "ENDPOINT_FILES",
+    "GPU_WORKER_ENV",
     "IDENTITY_MAPPING",
     "endpoint_templates_dir",
     "render_endpoint",
@@ -74,6 +75,9 @@ log = logging.getLogger(__name__)
 CONFIG = "config.yaml"
 USER_TEMPLATE = "user_config_template.yaml.j2"
 USER_SCHEMA = "user_config_schema.json"
+#: What workers of a GPU site (``engine.available_accelerators``) run with, as images/cuda/Dockerfile sets it:
+#: JAX would take 75% of a GPU's memory per process at its first use; on demand, workers can share a device.
+GPU_WORKER_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 #: The files of an endpoint folder, in the order they are written.
 ENDPOINT_FILES = (CONFIG, USER_TEMPLATE, USER_SCHEMA)
 #: Written as well when the site lists identity mapping rules (privileged endpoints).
@@ -171,10 +175,15 @@ def _jinja_env() -> Any:
     return env
 
 
+def _exports(env: Mapping[str, str]) -> str:
+    return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in env.items())
+
+
 def _worker_init(site: SiteRecord) -> str:
-    exports = "\n".join(f"export {key}={shlex.quote(value)}" for key, value in WORKER_ENV.items())
     lines = [site.worker_init.rstrip("\n")] if site.worker_init.strip() else []
-    lines += ["# faasctl: one thread per worker process (faasctl.study.WORKER_ENV)", exports]
+    lines += ["# faasctl: one thread per worker process (faasctl.study.WORKER_ENV)", _exports(WORKER_ENV)]
+    if site.engine.available_accelerators is not None:
+        lines += ["# faasctl: GPU memory on demand, as the CUDA image sets it (GPU_WORKER_ENV)", _exports(GPU_WORKER_ENV)]
     return "\n".join(lines) + "\n"
 
 
