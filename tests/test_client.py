@@ -107,8 +107,8 @@ def always_need_background(task: dict[str, Any]) -> dict[str, Any]:
 def test_process_pool():
     pallet = simple_pallet()
     names = list(pallet.patches)[4:6]
-    # fork (cheap: pyhf is already imported); this runs before the parsl fixture starts threads
-    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as ex:
+    # spawn: forking this process is unsafe once JAX (imported at collection) runs its threads
+    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
         client = FitClient(ex)
         results = list(client.scan(pallet, names))
     assert_matches_pyhf(results, pallet, names)
