@@ -21,8 +21,6 @@ from typer.testing import CliRunner
 
 from faasctl import __version__
 from faasctl.cli.main import app
-from faasctl.exceptions import ImageBuildError
-from faasctl.images import docker_client
 from faasctl.images.selftest import FLAVOR_ENV, NO_GPU_HELP, synthetic_pallet
 from faasctl.images.selftest import main as selftest_main
 from faasctl.pallets.load import Patch, apply_patch
@@ -163,14 +161,6 @@ def test_cpu_sites_do_not_get_the_gpu_policy():
 # --- a real build, run without a GPU ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def engine():
-    try:
-        return docker_client()
-    except ImageBuildError as err:
-        require(False, f"a Docker engine (.ci/docker-up.sh): {err}")
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.skipif(
@@ -178,7 +168,7 @@ def engine():
     reason="opt-in: FAASCTL_BUILD_CUDA_IMAGE=1 (the build downloads ~3 GB of CUDA wheels and took 59 min on a loaded "
            "2-core machine, too long for every CI run)",
 )
-def test_cuda_image_builds_and_its_self_test_fails_for_want_of_a_gpu(engine):
+def test_cuda_image_builds_and_its_self_test_fails_for_want_of_a_gpu(docker_engine):
     base = os.environ.get("FAASCTL_BASE_IMAGE")
     require(base is not None, "FAASCTL_BASE_IMAGE, a local base image with Python (.ci/docker-up.sh)")
     tag = "faasctl-worker:pytest-cuda"
@@ -186,7 +176,7 @@ def test_cuda_image_builds_and_its_self_test_fails_for_want_of_a_gpu(engine):
     start = time.perf_counter()
     result = runner.invoke(app, ["image", "build", "--flavor", "cuda", "--base-image", base, "--tag", tag, "--quiet"])
     assert result.exit_code == 0, result.output
-    image = engine.images.get(tag)
+    image = docker_engine.images.get(tag)
     # shown with -rP: the CI budget and the disk it takes
     print(f"cuda image built in {time.perf_counter() - start:.0f} s, {image.attrs['Size'] / 1e9:.2f} GB")
     assert image.labels["dev.faasctl.flavor"] == "cuda" and image.attrs["Config"]["User"] == "1000:1000"
@@ -194,7 +184,7 @@ def test_cuda_image_builds_and_its_self_test_fails_for_want_of_a_gpu(engine):
     assert env[FLAVOR_ENV] == "cuda" and env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
 
     # The default command, the self test with JAX, on a machine with no GPU: exit 1, and why.
-    container = engine.containers.run(tag, network_mode="none", detach=True)
+    container = docker_engine.containers.run(tag, network_mode="none", detach=True)
     try:
         status = container.wait(timeout=600)["StatusCode"]
         out = container.logs(stdout=True, stderr=False).decode()
@@ -228,7 +218,7 @@ def test_perlmutter_gpu_nodes_with_podman_hpc(loaded):
     ])
     config = loaded(site, {"account": "m1234"})
     engine = config.engine
-    assert (engine.container_type, engine.container_cmd_options) == ("podman-hpc", "--gpu")
+    assert (engine.container_type, engine.container_cmd_options) == ("podman-hpc", "--rm --network host --gpu")  # faasctl adds --rm and host network (faasctl.images.containers)
     executor = engine.executor
     assert executor.available_accelerators == ["0", "1", "2", "3"] and executor._workers_per_node == 4
     provider = executor.provider
