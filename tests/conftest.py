@@ -157,6 +157,18 @@ def cpu_image() -> BuiltImage:
     return BuiltImage(tag, result.output, time.perf_counter() - start)
 
 
+@pytest.fixture
+def docker_engine() -> Any:
+    """A docker client for the engine at DOCKER_HOST (.ci/docker-up.sh starts one)."""
+    from faasctl.exceptions import ImageBuildError
+    from faasctl.images import docker_client
+
+    try:
+        return docker_client()
+    except ImageBuildError as err:
+        require(False, f"a Docker engine (.ci/docker-up.sh): {err}")
+
+
 @pytest.fixture(scope="session")
 def registry() -> str:
     """``HOST:PORT`` of the local OCI registry (``eval "$(.ci/registry-up.sh)"`` exports FAASCTL_REGISTRY)."""

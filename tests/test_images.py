@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from faasctl import __version__
 from faasctl.cli.main import app
 from faasctl.exceptions import ImageBuildError
-from faasctl.images import build_args, docker_client, find_context, locked_version
+from faasctl.images import build_args, find_context, locked_version
 from faasctl.images.selftest import main as selftest_main
 from faasctl.images.selftest import synthetic_pallet
 from faasctl.pallets import Pallet, Patch, load_pallet, workspace_digest
@@ -208,7 +208,7 @@ def run_in_image(tag: str, command: list[str] | None = None, **kwargs) -> bytes:
     """
     import docker
 
-    client = docker.from_env(timeout=1200)  # the engine at DOCKER_HOST, as the `engine` fixture's
+    client = docker.from_env(timeout=1200)  # the engine at DOCKER_HOST, as the `docker_engine` fixture's
     container = client.containers.create(tag, command, network_mode="none", **kwargs)
     try:
         container.start()
@@ -220,17 +220,8 @@ def run_in_image(tag: str, command: list[str] | None = None, **kwargs) -> bytes:
         container.remove(force=True)
 
 
-@pytest.fixture
-def engine():
-    """A docker client for the engine at DOCKER_HOST (.ci/docker-up.sh starts one)."""
-    try:
-        return docker_client()
-    except ImageBuildError as err:
-        require(False, f"a Docker engine (.ci/docker-up.sh): {err}")
-
-
 @pytest.mark.docker
-def test_failed_step_is_named(engine):
+def test_failed_step_is_named(docker_engine):
     # A base image from a registry on a closed loopback port: the pull fails at once, with no traffic out.
     base = "127.0.0.1:9/faasctl-no-such-base:1"
     result = runner.invoke(app, ["image", "build", "--base-image", base, "--tag", "faasctl-worker:pytest-fail", "-q"])
@@ -241,8 +232,8 @@ def test_failed_step_is_named(engine):
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_cpu_image_builds_and_fits_like_pyhf(engine, cpu_image, tmp_path):
-    client = engine
+def test_cpu_image_builds_and_fits_like_pyhf(docker_engine, cpu_image, tmp_path):
+    client = docker_engine
     base = os.environ["FAASCTL_BASE_IMAGE"]
     tag = cpu_image.tag
     print(f"cpu image built in {cpu_image.seconds:.0f} s")  # shown with -rP: the CI budget

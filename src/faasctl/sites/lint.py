@@ -107,6 +107,14 @@ def _interface(name: str) -> Callable[[SiteRecord], tuple[str, Any, str] | None]
     return check
 
 
+def _account(what: str) -> Callable[[SiteRecord], tuple[str, Any, str] | None]:
+    """Jobs must name ``what`` (a project, an allocation): a fixed account, or one each user must give."""
+    return lambda s: _unless(
+        s.provider.account is not None or s.provider.account_required, "provider.account_required", s.provider.account_required,
+        f"{what}: set provider.account or account_required: true",
+    )
+
+
 def _cpus_per_task(site: SiteRecord) -> tuple[str, Any, str] | None:
     launcher = getattr(site.provider, "launcher", None)
     if launcher is None or launcher.type != "SrunLauncher":
@@ -237,10 +245,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "polaris-account", lambda s: s.facility == "polaris" and _batch(s),
-        lambda s: _unless(
-            s.provider.account is not None or s.provider.account_required, "provider.account_required", s.provider.account_required,
-            "ALCF jobs must name a project: set provider.account or account_required: true",
-        ),
+        _account("ALCF jobs must name a project"),
         f"{ALCF}/docs/services/globus-compute.md ('queue and account are required options')",
     ),
     Rule(
@@ -283,10 +288,7 @@ RULES: tuple[Rule, ...] = (
     # --- SDSC Expanse
     Rule(
         "expanse-account", lambda s: s.facility == "expanse" and _batch(s),
-        lambda s: _unless(
-            s.provider.account is not None or s.provider.account_required, "provider.account_required", s.provider.account_required,
-            "Expanse jobs must name an allocation: set provider.account or account_required: true",
-        ),
+        _account("Expanse jobs must name an allocation"),
         f"{GC}/docs/endpoints/configs/expanse.yaml (account: {{{{ ACCOUNT }}}}, a value each user must give)",
     ),
     Rule(
