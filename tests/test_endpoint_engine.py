@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -52,7 +53,8 @@ class FakeComputeExecutor(EngineExecutor):
 def fake_cloud(run_dir: Path, endpoint_id: str | None = None) -> Iterator[FakeComputeExecutor]:
     """The double over the endpoint package's ``ProcessPoolEngine`` (cheap to start)."""
     endpoint = uuid.UUID(endpoint_id) if endpoint_id else uuid.uuid4()
-    engine = ProcessPoolEngine(max_workers=2)
+    # spawn: JAX's threads are already running in this process, and a forked child can hang on their locks
+    engine = ProcessPoolEngine(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
     engine.start(endpoint_id=endpoint, run_dir=str(run_dir))
     try:
         yield FakeComputeExecutor(str(endpoint), engine)
