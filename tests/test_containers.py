@@ -186,7 +186,7 @@ def test_push_without_engine_is_one_line(tmp_path, monkeypatch):
     socket = f"unix://{tmp_path}/docker.sock"
     monkeypatch.setenv("DOCKER_HOST", socket)
     result = runner.invoke(app, ["image", "push", "faasctl-worker:pytest-cpu", "127.0.0.1:5055/faasctl-worker:1"])
-    assert result.exit_code == os.EX_UNAVAILABLE, result.output
+    assert result.exit_code == 1, result.output
     assert f"error: no Docker engine at DOCKER_HOST={socket}" in result.output
 
 
@@ -226,7 +226,7 @@ def test_push_prints_the_registrys_digest(base_image, registry):
 @pytest.mark.docker
 def test_push_to_a_registry_that_is_down_names_it(base_image):
     result = runner.invoke(app, ["image", "push", base_image, "127.0.0.1:9/faasctl-ci/base:pytest"])
-    assert result.exit_code == os.EX_UNAVAILABLE, result.output
+    assert result.exit_code == 1, result.output
     assert "the registry 127.0.0.1:9 does not answer" in result.output and "Traceback" not in result.output
 
 
@@ -346,7 +346,7 @@ def test_a_wrong_digest_fails_the_scan_at_once(podman, pushed_worker, tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     print(f"refused in {time.perf_counter() - start:.1f} s")
-    assert result.returncode == os.EX_UNAVAILABLE, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
     assert f"image {wrong} cannot be pulled with podman" in result.stdout + result.stderr
     assert not (tmp_path / "runinfo").exists() or not list((tmp_path / "runinfo").rglob("*.submit"))  # no block
 

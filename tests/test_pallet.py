@@ -464,15 +464,16 @@ def test_truncated_archive(tmp_path):
 
 
 def test_scan_records_patches_that_cannot_build_or_give_nan(tmp_path):
-    """The real CLI and engine on RegionB: sig_500_100 builds no model, sig_600_100's CLs is NaN."""
+    """The real CLI and engine on RegionB: sig_500_100 builds no model, sig_600_100's CLs is NaN (no sensitivity)."""
     out = tmp_path / "out"
     result = runner.invoke(app, ["fit", str(TINY), "--region", "RegionB", "--workers", "1", "--out", str(out), "--no-plot"])
     assert result.exit_code == 1, result.output
-    assert "2 fitted, 2 failed" in result.output
+    assert "3 fitted (1 without sensitivity), 1 failed" in result.output
     records = {r["patch"]: r for r in json.loads((out / "results.json").read_text())["results"]}
     assert {n for n, r in records.items() if r["status"] == "ok"} == {"sig_300_100", "sig_400_100"}
     assert "InvalidModel" in records["sig_500_100"]["error"] and "mu_SIG" in records["sig_500_100"]["error"]
-    assert "not finite" in records["sig_600_100"]["error"] and "nan" in records["sig_600_100"]["error"]
+    assert records["sig_600_100"]["status"] == "no_sensitivity" and records["sig_600_100"]["cls_obs"] is None
+    assert "not finite" in records["sig_600_100"]["error"]
     pallet = load_pallet(TINY, region="RegionB")
     assert_agrees(records["sig_300_100"], pyhf_reference(pallet, "sig_300_100"), "sig_300_100")
 

@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import multiprocessing
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,7 @@ def test_cancelled_block_loses_nothing_and_resume_completes(pallet: Pallet, refe
             if len(before) == 3:
                 break
         killed = list(htex.blocks_to_job_id.values())
+        cancelled_at = time.time()
         subprocess.run(["scancel", *killed], check=True, timeout=30)
 
         # every result seen so far is on disk, complete
@@ -124,11 +126,11 @@ def test_cancelled_block_loses_nothing_and_resume_completes(pallet: Pallet, refe
         for result in before:
             _agrees(on_disk[result.patch], reference)
 
-        # the block is replaced (a new Slurm job), and the scan goes on there
-        old_workers = {r.worker for r in before}
+        # the block is replaced (a new Slurm job), and the scan goes on there: a result from a worker
+        # process started after the cancel (results the old block's workers sent before it may still arrive)
         for result in scan:
             after.append(result)
-            if result.worker not in old_workers:
+            if result.timing and result.timing.worker_start and result.timing.worker_start > cancelled_at:
                 break
         assert set(htex.blocks_to_job_id.values()) - set(killed), "no replacement block was submitted"
         scan.close()  # stop mid-scan, as a Ctrl-C would

@@ -247,7 +247,8 @@ def _print_table(results: list, labels: list[str], limit: int = 40) -> None:
         elif r.status == "no_sensitivity":
             table.add_row(escape(r.patch), *values, "[yellow]no sensitivity", "–", "–", fit_s)
         else:
-            table.add_row(escape(r.patch), *values, "[red]failed", escape(r.error or ""), "", "")
+            # the kind of error only: the whole message is printed below the table
+            table.add_row(escape(r.patch), *values, "[red]failed", escape((r.error or "").split(":", 1)[0]), "", "")
     console.print(table)
     for reason in reasons:
         console.print(f"[yellow]{escape(reason)}", highlight=False)

@@ -47,7 +47,7 @@ def build(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from faasctl.images import BuildLog, build_image
+    from faasctl.images import BuildLog, build_image, default_tag
 
     extra = {}
     for item in build_arg or []:
@@ -72,7 +72,8 @@ def build(
 
         image = build_image(flavor.value, base_image=base_image, tag=tag, extra_args=extra, context=context,
                             push=push, on_log=show)
-    name = image.tags[0] if image.tags else image.id
+    # the tag asked for: the same image may carry others (a registry's name for it, say)
+    name = tag or default_tag(flavor.value)
     console.print(
         f"Built [bold]{escape(name)}[/] ({image.id[:19]}, {image.size / 1e6:.0f} MB, pyhf {image.pyhf}, "
         f"base {escape(image.base)}) in {time.perf_counter() - start:.0f} s" + (" and pushed it" if push else ""),
