@@ -100,7 +100,26 @@ def site_config(
     heartbeat_threshold: int | None = None,
     failed_blocks: int = 3,
 ) -> Any:
-    """The parsl ``Config`` of direct mode for ``site`` (see `site_executor`)."""
+    """The parsl ``Config`` of direct mode for ``site`` (`site_executor` runs it).
+
+    Args:
+        site: the site record (`faasctl.sites.load_site`).
+        run_dir: parsl's run folder, visible to the compute nodes (default
+            ``./runinfo/faasctl-<site>``).
+        user_values: endpoint user options (as a Globus Compute user would send them,
+            e.g. ``{"max_blocks": 2}``), checked against the site's schema.
+        worker_init: more shell lines for the block, after the site's. Before the site's,
+            blocks without a container put this Python's ``bin`` folder first on PATH.
+        strategy_period: seconds between scaling decisions; short, so that a lost block
+            is replaced quickly.
+        status_period: seconds between block status queries to the scheduler (parsl's
+            Slurm default is 60 s; a lost block is noticed at the next query).
+        max_idletime: seconds an idle block is kept before it is cancelled.
+        heartbeat_period: seconds between worker heartbeats (default: the site's engine).
+        heartbeat_threshold: seconds without a heartbeat before a worker pool is declared
+            lost and its tasks fail over (default: the site's engine).
+        failed_blocks: this many failed blocks in a row fail all tasks.
+    """
     from parsl.config import Config
     from parsl.jobs.error_handlers import windowed_error_handler
 
@@ -175,38 +194,14 @@ def check_worker_image(site: Any) -> None:
 
 
 @contextlib.contextmanager
-def site_executor(
-    site: Any,
-    *,
-    run_dir: str | Path | None = None,
-    user_values: Mapping[str, Any] | None = None,
-    worker_init: str | None = None,
-    strategy_period: float = 0.5,
-    status_period: float = 10.0,
-    max_idletime: float = 60.0,
-    heartbeat_period: int | None = None,
-    heartbeat_threshold: int | None = None,
-    failed_blocks: int = 3,
-) -> Iterator[ParslExecutor]:
+def site_executor(site: Any, *, run_dir: str | Path | None = None, **options: Any) -> Iterator[ParslExecutor]:
     """Run fits on ``site``'s workers from this (login) node: no Globus Compute cloud.
 
     Args:
         site: the site record (`faasctl.sites.load_site`).
         run_dir: parsl's run folder, visible to the compute nodes (default
             ``./runinfo/faasctl-<site>``).
-        user_values: endpoint user options (as a Globus Compute user would send them,
-            e.g. ``{"max_blocks": 2}``), checked against the site's schema.
-        worker_init: more shell lines for the block, after the site's. Before the site's,
-            blocks without a container put this Python's ``bin`` folder first on PATH.
-        strategy_period: seconds between scaling decisions; short, so that a lost block
-            is replaced quickly.
-        status_period: seconds between block status queries to the scheduler (parsl's
-            Slurm default is 60 s; a lost block is noticed at the next query).
-        max_idletime: seconds an idle block is kept before it is cancelled.
-        heartbeat_period: seconds between worker heartbeats (default: the site's engine).
-        heartbeat_threshold: seconds without a heartbeat before a worker pool is declared
-            lost and its tasks fail over (default: the site's engine).
-        failed_blocks: this many failed blocks in a row fail all tasks.
+        options: `site_config`'s keywords (user values, worker_init, scaling and heartbeat periods).
 
     Yields:
         A `faasctl.executors.parsl.ParslExecutor` for `faasctl.scan.client.FitClient` / `faasctl.scan.run_scan`;
@@ -230,12 +225,7 @@ def site_executor(
         check_worker_image(site)
     run_dir = Path(run_dir).resolve() if run_dir is not None else default_run_dir(site)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = site_config(
-        site, run_dir=run_dir, user_values=user_values, worker_init=worker_init,
-        strategy_period=strategy_period, status_period=status_period, max_idletime=max_idletime,
-        heartbeat_period=heartbeat_period,
-        heartbeat_threshold=heartbeat_threshold, failed_blocks=failed_blocks,
-    )
+    config = site_config(site, run_dir=run_dir, **options)
     log.info("direct mode on site %s: %s blocks from %s", site.name, type(config.executors[0].provider).__name__, run_dir)
     check_scheduler(site, config.executors[0].provider)
     executor = ParslExecutor(config)
