@@ -113,14 +113,18 @@ def render(
 
       faasctl render --site-file mycluster.yaml --out ~/.globus_compute/mycluster
     """
-    from faasctl.sites.render import render_endpoint, validate_endpoint, write_endpoint
+    from faasctl.sites.render import PRIVILEGED_USER_DIR, render_endpoint, validate_endpoint, write_endpoint
 
     if (out is None) == (not print_):
         raise typer.BadParameter("give exactly one of --out DIR or --print", param_hint="--out/--print")
     if out is not None:
         check_out_folder(out)
     record = resolve_site(site, site_file, set_)
-    files = render_endpoint(record, endpoint_dir=out)  # a privileged config.yaml names its mapping file there
+    # Where the folder will be installed: a privileged config.yaml names its mapping file there.
+    install = out
+    if out is not None and out.expanduser().resolve().parent.name != ".globus_compute":
+        install = (PRIVILEGED_USER_DIR if record.endpoint.privileged else Path("~/.globus_compute")) / out.name
+    files = render_endpoint(record, endpoint_dir=install)
     if print_:
         validate_endpoint(files)
         for name, text in files.items():
@@ -130,6 +134,6 @@ def render(
     assert out is not None
     written = write_endpoint(files, out)
     console.print(f"Wrote {len(written)} files to {escape(str(out))} (checked with Globus Compute's loader).", highlight=False)
-    if out.expanduser().resolve().parent.name != ".globus_compute":
-        console.print(f"Install: copy the folder to ~/.globus_compute/{escape(out.name)}/", highlight=False)
+    if install != out:
+        console.print(f"Install: copy the folder to {escape(str(install))}/", highlight=False)
     console.print(f"Start:   globus-compute-endpoint start {escape(out.name)}", highlight=False)
