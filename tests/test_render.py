@@ -155,6 +155,17 @@ def test_cli_render_river_out(tmp_path: Path) -> None:
     assert "globus-compute-endpoint start ep" in result.stdout
 
 
+def test_cli_render_privileged_names_the_mapping_where_it_will_be_installed(tmp_path: Path) -> None:
+    """Rendered for review elsewhere, config.yaml still names the mapping file in root's folder, where root runs it."""
+    sets = [arg for value in PRIVILEGED for arg in ("--set", value)]
+    result = CliRunner().invoke(app, ["render", "--site", "river", *sets, "--out", str(tmp_path / "river")])
+    assert result.exit_code == 0, result.output
+    config = (tmp_path / "river" / "config.yaml").read_text()
+    assert 'identity_mapping_config_path: "/root/.globus_compute/river/identity_mapping_config.json"' in config
+    assert "Install: copy the folder to /root/.globus_compute/river/" in result.output
+    assert (tmp_path / "river" / "identity_mapping_config.json").is_file()
+
+
 def test_cli_render_refuses_a_typo_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "ep"
     result = CliRunner().invoke(app, ["render", "--site", "river", "--set", "provider.max_blokcs=8", "--out", str(out)])
