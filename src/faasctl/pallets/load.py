@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -43,6 +44,7 @@ from faasctl.pallets.patching import apply_patch
 
 __all__ = [
     "Patch",
+    "StoredPatch",
     "Pallet",
     "load_pallet",
     "values_from_name",
@@ -92,6 +94,34 @@ class Patch:
     values: tuple[float, ...]
     operations: list[dict[str, Any]] = field(repr=False)
     source: str | None = field(default=None, repr=False, compare=False)
+
+    def loaded(self) -> Patch:
+        """This patch with its operations in memory (itself, unless it is a `StoredPatch`)."""
+        return self
+
+
+class StoredPatch(Patch):
+    """A `Patch` whose operations stay in the pallet's file until asked for.
+
+    Patch files are read again at each access of ``operations`` and not kept, so a pallet of
+    10^5 patches holds only names and values, and a scan holds the operations of the patches
+    in flight. Call `loaded` to read them once for several uses.
+    """
+
+    _tree: _Tree
+    _member: str
+
+    def __init__(self, name: str, values: tuple[float, ...], *, tree: _Tree, member: str) -> None:
+        for key, value in (("name", name), ("values", values), ("source", tree.describe(member)),
+                           ("_tree", tree), ("_member", member)):
+            object.__setattr__(self, key, value)
+
+    @property  # type: ignore[override]
+    def operations(self) -> list[dict[str, Any]]:
+        return _read_patch_file(self._tree, self._member)
+
+    def loaded(self) -> Patch:
+        return Patch(self.name, self.values, self.operations, self.source)
 
 
 @dataclass
@@ -546,6 +576,17 @@ def _choose_region(tree: _Tree, regions: list[_Region], wanted: str | None) -> _
     raise PalletError(f"{tree.label}: no region {wanted!r}; regions: {names}")
 
 
+@functools.cache
+def _pyhf_version() -> str:
+    """pyhf's version (looked up once: a pallet of patch files asks once per file)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pyhf")
+    except metadata.PackageNotFoundError as err:
+        raise LookupError("pyhf") from err
+
+
 def _validated_marker(schema: str, where: str) -> Path | None:
     """A file that says ``where`` (a plain file, unchanged since) passed ``schema`` before.
 
@@ -554,17 +595,22 @@ def _validated_marker(schema: str, where: str) -> Path | None:
     member) or the cache is off (``FAASCTL_VALIDATED_CACHE=0``).
     """
     import hashlib
-    from importlib import metadata
 
     if os.environ.get("FAASCTL_VALIDATED_CACHE", "1") in ("0", ""):
         return None
     try:
         st = os.stat(where)
-        identity = f"{schema} {os.path.realpath(where)} {st.st_size} {st.st_mtime_ns} pyhf {metadata.version('pyhf')}"
-    except (OSError, metadata.PackageNotFoundError):
+        identity = f"{schema} {os.path.realpath(where)} {st.st_size} {st.st_mtime_ns} pyhf {_pyhf_version()}"
+    except (OSError, LookupError):
         return None
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "faasctl" / "validated"
     return root / hashlib.sha256(identity.encode()).hexdigest()
+
+
+def _validated_before(schema: str, where: str) -> bool:
+    """Whether ``where`` passed ``schema`` before and is unchanged since (see `_validated_marker`)."""
+    marker = _validated_marker(schema, where)
+    return marker is not None and marker.exists()
 
 
 def _validate(spec: Any, schema: str, where: str) -> None:
@@ -625,6 +671,18 @@ def _patches_from_patchset(tree: _Tree, name: str) -> tuple[dict[str, Patch], li
     return patches, labels, patchset["metadata"]["digests"].get("sha256")
 
 
+def _read_patch_file(tree: _Tree, file: str) -> list[dict[str, Any]]:
+    """A patch file's operations, checked against pyhf's ``jsonpatch`` schema.
+
+    Files in a folder are checked at each read (a marker skips files checked before and unchanged
+    since, `_validated_marker`); an archive's members are checked once, when the pallet is read.
+    """
+    operations = tree.read_json(file)
+    if not tree.archive:
+        _validate(operations, "jsonpatch.json", tree.describe(file))
+    return operations  # type: ignore[no-any-return]
+
+
 def _patches_from_files(tree: _Tree, files: list[str]) -> tuple[dict[str, Patch], list[str]]:
     patches: dict[str, Patch] = {}
     for file in files:
@@ -634,9 +692,10 @@ def _patches_from_files(tree: _Tree, files: list[str]) -> tuple[dict[str, Patch]
         where = tree.describe(file)
         if name in patches:
             raise PalletError(f"{where}: patch name {name!r} is not unique (also {patches[name].source})")
-        operations = tree.read_json(file)
-        _validate(operations, "jsonpatch.json", where)
-        patches[name] = Patch(name, values_from_name(name), operations, where)
+        if tree.archive or not _validated_before("jsonpatch.json", where):
+            # read now, so that a bad file fails the read of the pallet, then let go of it
+            _validate(tree.read_json(file), "jsonpatch.json", where)
+        patches[name] = StoredPatch(name, values_from_name(name), tree=tree, member=file)
     # Sorted by values, then name: the grid order, not the file system's.
     ordered = sorted(patches.values(), key=lambda p: (p.values, p.name))
     width = max((len(p.values) for p in ordered), default=0)
