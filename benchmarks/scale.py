@@ -11,8 +11,8 @@ a log) on the local engine, and prints:
 * **wall**: the command, from the call to its return (engine start and pallet read included);
 * **per patch**: wall / N;
 * **orch/patch**: what is not fitting, per patch: (wall - sum of fit times / workers) / N;
-* **steady**: the same between the first and the last result (start-up and tail left out),
-  the figure that should stay flat;
+* **steady**: the same between the first and the last result, per result, against the mean fit
+  that did not compile (start-up, compilation and tail left out): the figure that should stay flat;
 * **RSS**: the client's peak resident memory (``getrusage``; the workers are other processes);
 * **store**: bytes the client wrote to storage (``/proc/self/io`` ``write_bytes``: the results
   database and its exports; nothing else of the client writes files with ``--no-plot``).
@@ -153,14 +153,16 @@ def measure(n: int, pallet: Path, workers: int, noop: bool) -> dict[str, Any]:
         results = list(load_results(out).values())
     fits = sum(r.fit_time or 0.0 for r in results)
     received = sorted(r.timing.received for r in results if r.timing and r.timing.received)
-    steady = received[-1] - received[0] if len(received) > 1 else math.nan
+    # between the first and the last result, against the fits that did not compile (those start the scan)
+    plain = [r.fit_time for r in results if r.fit_time is not None and not (r.timing and r.timing.compiled)]
+    steady = math.nan
+    if len(received) > 1 and plain:
+        steady = (received[-1] - received[0]) / (len(received) - 1) - sum(plain) / len(plain) / workers
     fitted = sum(r.ok or r.status == "no_sensitivity" for r in results)
     return {
         "n": n, "fitted": fitted, "failed": sum(r.failed for r in results), **row,
         "per_patch": row["wall"] / n, "fit_per_patch": fits / n,
-        "orch_per_patch": (row["wall"] - fits / workers) / n,
-        "steady_orch_per_patch": (steady - fits * (len(received) - 1) / len(received) / workers) / (len(received) - 1)
-        if len(received) > 1 else math.nan,
+        "orch_per_patch": (row["wall"] - fits / workers) / n, "steady_orch_per_patch": steady,
     }
 
 
