@@ -1,9 +1,12 @@
 """Backgrounds over Globus Compute's 10 MB task payload cap, staged in chunks (`faasctl.scan.staging`).
 
-The background here is the tiny record's RegionA with a third channel of `BULK_BINS` bins: about
-25 MB of JSON, 12 MB pickled. It scans through the local engine and through the real
-``GlobusComputeEngine`` (`local_engine`, whose `EngineExecutor` refuses a task over the cap as
-the web service does), and each CLs equals the compiled engine's in this process.
+The background here is the tiny record's RegionA with a second measurement of `BULK_PARAMETERS`
+parameter settings: about 22 MB of JSON, 15 MB pickled, while the model fitted (the first
+measurement's) stays small, so fits take milliseconds (a background as large through its bins
+would make the compiled engine's dense model, bins x parameters, too large for a test). It scans
+through the local engine and through the real ``GlobusComputeEngine`` (`local_engine`, whose
+`EngineExecutor` refuses a task over the cap as the web service does), and each CLs equals the
+compiled engine's in this process with the background in memory.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from faasctl.scan import staging
 from faasctl.scan.client import FitClient
 
 TINY = Path(__file__).resolve().parent / "data" / "tiny_record" / "RegionA"
-BULK_BINS = 700_000
+BULK_PARAMETERS = 200_000
 PATCHES = ["sig_300_100", "sig_300_200"]
 
 
@@ -32,10 +35,9 @@ def large_pallet() -> Pallet:
     tiny = load_pallet(TINY)
     background = copy.deepcopy(tiny.background)
     rng = random.Random(18)
-    yields = [rng.uniform(50.0, 150.0) for _ in range(BULK_BINS)]
-    background["channels"].append({"name": "BULK", "samples": [
-        {"name": "bulk", "data": yields, "modifiers": [{"name": "lumi", "type": "lumi", "data": None}]}]})
-    background["observations"].append({"name": "BULK", "data": [round(y) for y in yields]})
+    parameters = [{"name": f"bulk_{i:06d}", "auxdata": [rng.uniform(0.5, 1.5)], "sigmas": [rng.uniform(0.01, 0.2)],
+                   "bounds": [[0.0, 5.0]], "inits": [rng.uniform(0.5, 1.5)]} for i in range(BULK_PARAMETERS)]
+    background["measurements"].append({"name": "Bulk", "config": {"poi": "mu_SIG", "parameters": parameters}})
     assert len(json.dumps(background)) > 20_000_000
     return Pallet(source="large", background=background, patches={n: tiny.patches[n].loaded() for n in PATCHES},
                   labels=tiny.labels, digest=workspace_digest(background))
@@ -85,6 +87,7 @@ def test_large_background_on_the_local_engine(large_pallet, expected, tmp_path):
         _scan(executor, large_pallet, expected, tmp_path / "stage")
 
 
+@pytest.mark.slow  # ~50 s: the engine's start, and the background refused before it is staged
 def test_large_background_on_the_globus_compute_engine(large_pallet, expected, tmp_path):
     assert staging.needs_staging(large_pallet.background)
     with local_engine(2) as executor:
@@ -92,3 +95,28 @@ def test_large_background_on_the_globus_compute_engine(large_pallet, expected, t
         with pytest.raises(ScanError, match=f"over the {MAX_PAYLOAD} byte limit"):
             list(FitClient(executor, backend="jax", inline_limit=1 << 40).scan(large_pallet))
         _scan(executor, large_pallet, expected, tmp_path / "stage")
+
+
+def _lacks_chunks(task: dict) -> dict:
+    """A worker on a node that never has the staged chunks (a multi-node endpoint without a shared folder)."""
+    from faasctl.scan.worker import NEED_BACKGROUND
+
+    assert task["background"] is None and task["staged"]
+    return {"patch": task["patch"]["name"], "values": task["patch"]["values"], "status": NEED_BACKGROUND,
+            "staged": True, "worker": "node-without-chunks:1"}
+
+
+def test_a_node_without_the_chunks_gets_them_again_then_fails(tmp_path):
+    import concurrent.futures as cf
+
+    tiny = load_pallet(TINY)
+    names = list(tiny.patches)[:2]
+    pieces = len(staging.chunks(tiny.background))
+    with cf.ThreadPoolExecutor(2) as executor:
+        client = FitClient(executor, function=_lacks_chunks, check_stack=False, inline_limit=0, retries=2)
+        results = list(client.scan(tiny, names))
+    assert sorted(r.patch for r in results) == sorted(names)
+    for r in results:
+        assert r.failed and "after 3 stagings" in (r.error or "") and staging.STAGE_ENV in (r.error or ""), r.error
+    # staged once, then again before each resubmission of each patch (2 each)
+    assert client.staged_chunks == pieces * (1 + 2 * len(names)) and client.background_sends == 0

@@ -95,6 +95,7 @@ class _Job:
     attempt: int = 1  # submissions after losses; bounces do not count
     needs_background: bool = False  # the next submission must carry the background
     restages: int = 0  # times a worker lacked the staged background's chunks
+    needs_chunks: bool = False  # a worker lacked them: stage them again before the next submission
 
 
 @dataclass(eq=False)
@@ -220,9 +221,12 @@ class FitClient:
                 jobs = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
                 carry = seeds > 0 or any(j.needs_background for j in jobs)
                 seeds -= seeds > 0
-                if staged and carry:  # a worker's node lacked chunks: send them again, not the background
-                    self._stage(pallet)
+                if staged:  # workers read the background from the staged chunks, never from the task
                     carry = False
+                    if any(j.needs_chunks for j in jobs):  # a worker's node lacked some: send them again
+                        self._stage(pallet)
+                        for job in jobs:
+                            job.needs_chunks = False
                 task = _Task(jobs, background=carry, batched=self.batch_size > 1)
                 running[self._submit(pallet, task)] = task
 
@@ -332,6 +336,7 @@ class FitClient:
         if record.get("status") == NEED_BACKGROUND:
             if record.get("staged"):
                 job.restages += 1
+                job.needs_chunks = True
                 if job.restages > self.retries:
                     return self._failed(job, f"worker {record.get('worker') or '(unnamed)'} has not all chunks of the staged "
                                              f"background after {job.restages} stagings: its node's cache is not where the "
