@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from faasctl.exceptions import ResultsError
+from faasctl.scan import results as results_module
 from faasctl.scan.results import PatchResult, ResultStore, load_results, patch_digest
 
 PALLET = {"source": "p", "digest": "abc", "labels": ["m1", "m2"], "region": None}
@@ -69,6 +71,23 @@ def test_cost_of_a_result_does_not_grow_with_the_results_held(tmp_path):
         for i in range(100, 1000):
             store.add(ok(f"p{i}", values=(i, i)))
         late = cost(1000)
+    assert late < 2 * early, (early, late)
+
+
+def test_exports_keep_the_bytes_per_result_flat(tmp_path, monkeypatch):
+    """Exports while a scan runs rewrite both files: at a fixed pace their bytes would grow with the results."""
+    clock = iter(range(10**9))  # a result a second, each clock reading one second later
+    monkeypatch.setattr(results_module, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    with ResultStore(tmp_path, PALLET, export_every=5) as store:
+        def per_result(first: int, n: int) -> float:
+            before = _written()
+            for i in range(first, first + n):
+                store.add(ok(f"p{i}", values=(i, i)))
+            return (_written() - before) / n
+
+        early = per_result(0, 200)
+        late = per_result(200, 1800)
+        assert json.loads(store.json_path.read_text())["results"], "exported while results arrive"
     assert late < 2 * early, (early, late)
 
 

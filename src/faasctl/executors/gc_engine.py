@@ -38,9 +38,12 @@ if TYPE_CHECKING:
     from globus_compute_endpoint.engines.base import GlobusComputeEngineBase
     from globus_compute_sdk.serialize import ComputeSerializer
 
-__all__ = ["EngineExecutor", "local_engine", "pack_task", "unpack_result"]
+__all__ = ["EngineExecutor", "local_engine", "pack_task", "unpack_result", "MAX_PAYLOAD"]
 
 log = logging.getLogger(__name__)
+
+#: The Globus Compute web service refuses a task whose packed payload is larger (10 MB).
+MAX_PAYLOAD = 10 * 1024 * 1024
 
 
 def pack_task(
@@ -91,16 +94,20 @@ class EngineExecutor(cf.Executor):
         engine: a started ``GlobusComputeEngine`` (or any engine of
             ``globus_compute_endpoint.engines``: ``ProcessPoolEngine``, ``ThreadPoolEngine``).
         serializer: the SDK-side serializer (default: the SDK's defaults, as ``Executor``).
+        max_payload: refuse a task whose packed size is over this many bytes, as the web
+            service does (default `MAX_PAYLOAD`; ``None``: no limit).
 
     Futures are the SDK's ``ComputeFuture`` with a ``task_id``. They are marked running at
     submission: an engine cannot take a task back, so ``cancel()`` returns False.
     `shutdown` stops accepting tasks; whoever started the engine shuts it down.
     """
 
-    def __init__(self, engine: GlobusComputeEngineBase, *, serializer: ComputeSerializer | None = None) -> None:
+    def __init__(self, engine: GlobusComputeEngineBase, *, serializer: ComputeSerializer | None = None,
+                 max_payload: int | None = MAX_PAYLOAD) -> None:
         from globus_compute_sdk.serialize import ComputeSerializer
 
         self.engine = engine
+        self.max_payload = max_payload
         self.serializer = serializer or ComputeSerializer()
         self._outstanding: set[cf.Future[Any]] = set()
         self._lock = threading.Lock()
@@ -126,6 +133,8 @@ class EngineExecutor(cf.Executor):
                 raise RuntimeError("cannot submit to an EngineExecutor after shutdown")
         task_id = uuid.uuid4()
         packed = pack_task(fn, args, kwargs, task_id=task_id, serializer=self.serializer)
+        if self.max_payload is not None and len(packed) > self.max_payload:
+            raise ValueError(f"task payload of {len(packed)} bytes is over the {self.max_payload} byte limit of Globus Compute")
         future: cf.Future[Any] = ComputeFuture(task_id=str(task_id))
         future.set_running_or_notify_cancel()
         gc_future = GCFuture(task_id)

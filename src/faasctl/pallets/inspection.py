@@ -433,6 +433,7 @@ class _Examiner:
     def _patched(self, patch: Patch) -> dict[str, Any]:
         """The patched spec, checked against pyhf's schema; raise PalletError naming the problem."""
         where = patch.source or self.pallet.patchset_file
+        patch = patch.loaded()  # read a stored patch once for both uses
         spec = apply_patch(self.pallet.background, patch, shared=True, where=self.pallet.patchset_file)
         added = _new_samples(spec, patch.operations)
         if added is None:

@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gzip
 import io
 import json
@@ -33,16 +35,19 @@ import os
 import re
 import stat
 import tarfile
+import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Iterator, Mapping, Sequence
+from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
 from faasctl.exceptions import PalletError, PatchError
 from faasctl.pallets.patching import apply_patch
 
 __all__ = [
     "Patch",
+    "StoredPatch",
     "Pallet",
     "load_pallet",
     "values_from_name",
@@ -92,6 +97,34 @@ class Patch:
     values: tuple[float, ...]
     operations: list[dict[str, Any]] = field(repr=False)
     source: str | None = field(default=None, repr=False, compare=False)
+
+    def loaded(self) -> Patch:
+        """This patch with its operations in memory (itself, unless it is a `StoredPatch`)."""
+        return self
+
+
+class StoredPatch(Patch):
+    """A `Patch` whose operations stay where the pallet keeps them until asked for.
+
+    Operations are read again at each access of ``operations`` (from the patch file, or from
+    the spool a streamed ``patchset.json`` was copied into) and not kept, so a pallet of 10^5
+    patches holds only names and values, and a scan holds the operations of the patches in
+    flight. Call `loaded` to read them once for several uses.
+    """
+
+    _read: Callable[[], list[dict[str, Any]]]
+
+    def __init__(self, name: str, values: tuple[float, ...], *, source: str,
+                 read: Callable[[], list[dict[str, Any]]]) -> None:
+        for key, value in (("name", name), ("values", values), ("source", source), ("_read", read)):
+            object.__setattr__(self, key, value)
+
+    @property  # type: ignore[override]
+    def operations(self) -> list[dict[str, Any]]:
+        return self._read()
+
+    def loaded(self) -> Patch:
+        return Patch(self.name, self.values, self.operations, self.source)
 
 
 @dataclass
@@ -251,6 +284,27 @@ def _require_regular(item: Path | IO[bytes], where: str) -> None:
         raise PalletError(f"{where}: refusing: {kind}, not a regular file")
 
 
+class _LimitedStream:
+    """A binary stream that counts what it yields, and refuses past `MAX_MEMBER_BYTES` (see `_read_limited`)."""
+
+    def __init__(self, raw: IO[bytes], where: str, budget: _Budget | None, *, gz: bool) -> None:
+        self.raw, self.where, self.budget, self.gz = raw, where, budget, gz
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            chunk = self.raw.read(n)
+        except (OSError, EOFError) as err:
+            raise PalletError(f"{self.where}: not a valid gzip file: {err}" if self.gz
+                              else f"{self.where}: cannot read: {err}") from err
+        self.size += len(chunk)
+        if self.size > MAX_MEMBER_BYTES:
+            raise PalletError(f"{self.where}: refusing: unpacks to more than {MAX_MEMBER_BYTES} bytes (a decompression bomb?)")
+        if self.budget is not None:
+            self.budget.charge(len(chunk), self.where)
+        return chunk
+
+
 class _NonFinite(str):
     """What a ``NaN`` or ``Infinity`` literal parses to, so that the error can name its field."""
 
@@ -285,7 +339,11 @@ class _Tree:
         self.label = label
         self.archive = archive
         self._files = files  # relative posix path -> Path (folder) or bytes (archive)
-        self._budget = budget or _Budget(label)
+        self._budget: _Budget | None = budget or _Budget(label)
+
+    def stop_counting(self) -> None:
+        """Count no more reads against the unpacking budget: a read pallet reads its patches again as a scan runs."""
+        self._budget = None
 
     def names(self) -> list[str]:
         return sorted(self._files)
@@ -318,6 +376,26 @@ class _Tree:
             except (OSError, EOFError, gzip.BadGzipFile) as err:
                 raise PalletError(f"{where}: not a valid gzip file: {err}") from err
         return data
+
+    @contextlib.contextmanager
+    def open(self, name: str, *, count: bool = True) -> Iterator[_LimitedStream]:
+        """``name`` as a binary stream (decompressed), under the same limits as `read` (``count``: against the budget)."""
+        item = self._files[name]
+        where = self.describe(name)
+        with contextlib.ExitStack() as stack:
+            if isinstance(item, Path):
+                try:
+                    _require_regular(item, where)
+                    fh: IO[bytes] = stack.enter_context(os.fdopen(os.open(item, os.O_RDONLY | os.O_NONBLOCK), "rb"))
+                    _require_regular(fh, where)
+                except OSError as err:
+                    raise PalletError(f"{where}: cannot read: {err.strerror or err}") from err
+            else:
+                fh = io.BytesIO(item)
+            gz = name.endswith(".gz")
+            if gz:
+                fh = stack.enter_context(gzip.GzipFile(fileobj=fh))
+            yield _LimitedStream(fh, where, self._budget if gz and count else None, gz=gz)
 
     def read_json(self, name: str) -> Any:
         """The parsed JSON of ``name``; numbers must be finite (JSON has no NaN, Python's parser allows it)."""
@@ -546,6 +624,17 @@ def _choose_region(tree: _Tree, regions: list[_Region], wanted: str | None) -> _
     raise PalletError(f"{tree.label}: no region {wanted!r}; regions: {names}")
 
 
+@functools.cache
+def _pyhf_version() -> str:
+    """pyhf's version (looked up once: a pallet of patch files asks once per file)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pyhf")
+    except metadata.PackageNotFoundError as err:
+        raise LookupError("pyhf") from err
+
+
 def _validated_marker(schema: str, where: str) -> Path | None:
     """A file that says ``where`` (a plain file, unchanged since) passed ``schema`` before.
 
@@ -554,23 +643,26 @@ def _validated_marker(schema: str, where: str) -> Path | None:
     member) or the cache is off (``FAASCTL_VALIDATED_CACHE=0``).
     """
     import hashlib
-    from importlib import metadata
 
     if os.environ.get("FAASCTL_VALIDATED_CACHE", "1") in ("0", ""):
         return None
     try:
         st = os.stat(where)
-        identity = f"{schema} {os.path.realpath(where)} {st.st_size} {st.st_mtime_ns} pyhf {metadata.version('pyhf')}"
-    except (OSError, metadata.PackageNotFoundError):
+        identity = f"{schema} {os.path.realpath(where)} {st.st_size} {st.st_mtime_ns} pyhf {_pyhf_version()}"
+    except (OSError, LookupError):
         return None
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "faasctl" / "validated"
     return root / hashlib.sha256(identity.encode()).hexdigest()
 
 
-def _validate(spec: Any, schema: str, where: str) -> None:
+def _validated_before(schema: str, where: str) -> bool:
+    """Whether ``where`` passed ``schema`` before and is unchanged since (see `_validated_marker`)."""
     marker = _validated_marker(schema, where)
-    if marker is not None and marker.exists():
-        return
+    return marker is not None and marker.exists()
+
+
+def _check_schema(spec: Any, schema: str, where: str, *, index: int | None = None) -> None:
+    """Check ``spec`` against pyhf's ``schema``; ``index``: ``spec`` is a patchset holding only its patch ``index``."""
     import pyhf.exceptions
     import pyhf.schema
 
@@ -580,13 +672,27 @@ def _validate(spec: Any, schema: str, where: str) -> None:
         message = err.parent.message if hasattr(err, "parent") else str(err)
         if len(message) > 200:  # jsonschema quotes the whole failing instance
             message = message[:200] + "…"
-        raise PalletError(f"{where}: invalid {schema.removesuffix('.json')} at {err.path or '(top)'}: {message}") from err
+        path = err.path or "(top)"
+        if index is not None and path.startswith("patches[0]"):
+            path = f"patches[{index}]" + path.removeprefix("patches[0]")
+        raise PalletError(f"{where}: invalid {schema.removesuffix('.json')} at {path}: {message}") from err
+
+
+def _mark_validated(schema: str, where: str) -> None:
+    marker = _validated_marker(schema, where)
     if marker is not None:
         try:
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
         except OSError:  # an unwritable cache only costs the validation next time
             pass
+
+
+def _validate(spec: Any, schema: str, where: str) -> None:
+    if _validated_before(schema, where):
+        return
+    _check_schema(spec, schema, where)
+    _mark_validated(schema, where)
 
 
 def _parse_labels(labels: str | Sequence[str] | None) -> list[str] | None:
@@ -601,28 +707,126 @@ def _parse_labels(labels: str | Sequence[str] | None) -> list[str] | None:
     return given
 
 
+def _patch_values(entry: Mapping[str, Any], i: int, labels: Sequence[str], seen: Mapping[str, Any], where: str) -> tuple[float, ...]:
+    """A patchset entry's values, checked: numbers, one per label, and a name not ``seen`` before."""
+    meta = entry["metadata"]
+    if meta["name"] in seen:
+        raise PalletError(f"{where}: patches[{i}].metadata.name {meta['name']!r} is not unique")
+    values = meta["values"]
+    for j, v in enumerate(values):
+        # pyhf's schema allows strings; a scan needs numbers (tables, the plot, the order)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise PalletError(f"{where}: patches[{i}].metadata.values[{j}] is {v!r}, not a number")
+    if len(values) != len(labels):
+        raise PalletError(
+            f"{where}: patches[{i}].metadata.values has {len(values)} values but metadata.labels has "
+            f"{len(labels)} ({', '.join(labels)})"
+        )
+    return tuple(float(v) for v in values)
+
+
 def _patches_from_patchset(tree: _Tree, name: str) -> tuple[dict[str, Patch], list[str], str | None]:
-    patchset = tree.read_json(name)
+    """The patches of a ``patchset.json``, streamed (`_stream_patchset`); a file the streaming parser
+    refuses (invalid JSON, ``NaN``) is parsed whole, for an error that names the place."""
+    import ijson
+
+    try:
+        return _stream_patchset(tree, name)
+    except ijson.JSONError:
+        pass
+    patchset = tree.read_json(name)  # raises the error, naming line and column or the field
     where = tree.describe(name)
     _validate(patchset, "patchset.json", where)
     labels = list(patchset["metadata"]["labels"])
     patches: dict[str, Patch] = {}
     for i, entry in enumerate(patchset["patches"]):
-        meta = entry["metadata"]
-        if meta["name"] in patches:
-            raise PalletError(f"{where}: patches[{i}].metadata.name {meta['name']!r} is not unique")
-        values = meta["values"]
-        for j, v in enumerate(values):
-            # pyhf's schema allows strings; a scan needs numbers (tables, the plot, the order)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise PalletError(f"{where}: patches[{i}].metadata.values[{j}] is {v!r}, not a number")
-        if len(values) != len(labels):
-            raise PalletError(
-                f"{where}: patches[{i}].metadata.values has {len(values)} values but metadata.labels has "
-                f"{len(labels)} ({', '.join(labels)})"
-            )
-        patches[meta["name"]] = Patch(meta["name"], tuple(float(v) for v in values), entry["patch"], where)
+        values = _patch_values(entry, i, labels, patches, where)
+        patches[entry["metadata"]["name"]] = Patch(entry["metadata"]["name"], values, entry["patch"], where)
     return patches, labels, patchset["metadata"]["digests"].get("sha256")
+
+
+class _Spool:
+    """Patches' operations, compressed in an unnamed temporary file and read back one at a time.
+
+    What a streamed ``patchset.json`` keeps of its patches: disk, not memory (1Lbb's 14 MB of
+    operations take ~1.5 MB); the file goes when the pallet does.
+    """
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="faasctl-patchset-")
+        self._end = 0
+        self._lock = threading.Lock()
+
+    def put(self, operations: Any) -> Callable[[], list[dict[str, Any]]]:
+        """Store ``operations``; a function that reads them back."""
+        import zlib
+
+        blob = zlib.compress(json.dumps(operations, separators=(",", ":")).encode(), 1)
+        with self._lock:
+            offset = self._end
+            os.pwrite(self._file.fileno(), blob, offset)
+            self._end += len(blob)
+        return functools.partial(self.get, offset, len(blob))
+
+    def get(self, offset: int, size: int) -> list[dict[str, Any]]:
+        import zlib
+
+        return json.loads(zlib.decompress(os.pread(self._file.fileno(), size, offset)))  # type: ignore[no-any-return]
+
+
+_MISSING = object()
+
+
+def _stream_patchset(tree: _Tree, name: str) -> tuple[dict[str, Patch], list[str], str | None]:
+    """The patches of a ``patchset.json`` read one at a time (ijson), each checked and copied to a `_Spool`.
+
+    Memory holds one patch at a time, whatever the size of the file. pyhf's patchset schema is
+    checked patch by patch (each with the metadata and version), unless the file passed it before.
+
+    Raises:
+        ijson.JSONError: the file is not JSON the streaming parser reads (``NaN`` included).
+    """
+    import ijson
+
+    where = tree.describe(name)
+    check = not _validated_before("patchset.json", where)
+    # metadata first (HEPData's patchsets open with it); the version, often last, for the schema only
+    with tree.open(name, count=False) as stream:
+        metadata = next(ijson.items(stream, "metadata", use_float=True), _MISSING)
+    version = _MISSING
+    if check:
+        with tree.open(name, count=False) as stream:
+            version = next(ijson.items(stream, "version", use_float=True), _MISSING)
+    head = {k: v for k, v in (("metadata", metadata), ("version", version)) if v is not _MISSING}
+    if check:
+        _check_schema({**head, "patches": [{"metadata": {"name": "x", "values": []}, "patch": []}]}, "patchset.json", where)
+    labels = list(metadata["labels"])  # type: ignore[index]
+    spool = _Spool()
+    patches: dict[str, Patch] = {}
+    with tree.open(name) as stream:
+        for i, entry in enumerate(ijson.items(stream, "patches.item", use_float=True)):
+            if check:
+                _check_schema({**head, "patches": [entry]}, "patchset.json", where, index=i)
+            values = _patch_values(entry, i, labels, patches, where)
+            patch_name = entry["metadata"]["name"]
+            patches[patch_name] = StoredPatch(patch_name, values, source=where, read=spool.put(entry["patch"]))
+    if check:
+        if not patches:
+            _check_schema({**head, "patches": []}, "patchset.json", where)
+        _mark_validated("patchset.json", where)
+    return patches, labels, metadata["digests"].get("sha256")  # type: ignore[index]
+
+
+def _read_patch_file(tree: _Tree, file: str) -> list[dict[str, Any]]:
+    """A patch file's operations, checked against pyhf's ``jsonpatch`` schema.
+
+    Files in a folder are checked at each read (a marker skips files checked before and unchanged
+    since, `_validated_marker`); an archive's members are checked once, when the pallet is read.
+    """
+    operations = tree.read_json(file)
+    if not tree.archive:
+        _validate(operations, "jsonpatch.json", tree.describe(file))
+    return operations  # type: ignore[no-any-return]
 
 
 def _patches_from_files(tree: _Tree, files: list[str]) -> tuple[dict[str, Patch], list[str]]:
@@ -634,9 +838,11 @@ def _patches_from_files(tree: _Tree, files: list[str]) -> tuple[dict[str, Patch]
         where = tree.describe(file)
         if name in patches:
             raise PalletError(f"{where}: patch name {name!r} is not unique (also {patches[name].source})")
-        operations = tree.read_json(file)
-        _validate(operations, "jsonpatch.json", where)
-        patches[name] = Patch(name, values_from_name(name), operations, where)
+        if tree.archive or not _validated_before("jsonpatch.json", where):
+            # read now, so that a bad file fails the read of the pallet, then let go of it
+            _validate(tree.read_json(file), "jsonpatch.json", where)
+        patches[name] = StoredPatch(name, values_from_name(name), source=where,
+                                    read=functools.partial(_read_patch_file, tree, file))
     # Sorted by values, then name: the grid order, not the file system's.
     ordered = sorted(patches.values(), key=lambda p: (p.values, p.name))
     width = max((len(p.values) for p in ordered), default=0)
@@ -715,6 +921,7 @@ def load_pallet(
                 f"{patches_where} have {width} values (e.g. {example.name}: {', '.join(f'{v:g}' for v in example.values)})"
             )
 
+    tree.stop_counting()
     return Pallet(
         source=str(path),
         background=background,

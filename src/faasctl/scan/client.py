@@ -35,6 +35,11 @@ How a scan travels:
 * Every result records where its time went (`faasctl.scan.results.TaskTiming`): when its task
   was submitted and its result received (client clock), when it started and finished (worker
   clock), the queue wait, and the pickled size of the task and of its result.
+* A background too large for a task (over `faasctl.scan.staging.INLINE_LIMIT`, under Globus
+  Compute's 10 MB payload cap) is *staged* instead: sent once in chunks that workers write into
+  a cache folder keyed by its digest, from which each worker assembles it once
+  (`faasctl.scan.staging`). Tasks then carry only the digest; a worker whose node lacks a chunk
+  asks for the background, and the chunks are sent again (up to ``retries`` times per patch).
 * With ``batch_size`` > 1 each task fits several patches in turn on one worker: fewer round
   trips for backends whose fits take less time than a round trip (the compiled jax backend on
   a remote endpoint). The default, one patch per task, balances load best.
@@ -58,6 +63,7 @@ from faasctl.study import DEFAULT_BACKEND
 from faasctl.executors.capacity import executor_capacity
 from faasctl.pallets.load import Pallet, Patch
 from faasctl.scan.results import PatchResult, TaskTiming
+from faasctl.scan.staging import INLINE_LIMIT, STAGE_ENV, chunks, needs_staging, stage_chunk
 from faasctl.scan.worker import NEED_BACKGROUND, fit_patch
 
 __all__ = ["FitClient", "TaskFunction", "run_batch", "error_text", "DEFAULT_TIMEOUT"]
@@ -88,6 +94,8 @@ class _Job:
     patch: Patch
     attempt: int = 1  # submissions after losses; bounces do not count
     needs_background: bool = False  # the next submission must carry the background
+    restages: int = 0  # times a worker lacked the staged background's chunks
+    needs_chunks: bool = False  # a worker lacked them: stage them again before the next submission
 
 
 @dataclass(eq=False)
@@ -125,12 +133,15 @@ class FitClient:
         check_stack: before the first scan, ask a worker for its versions and refuse to fit
             where they differ from this process's in what results depend on
             (`faasctl.stack.compare`: `StackMismatch`); other differences are logged.
+        inline_limit: pickled background size (bytes) above which it is staged in chunks
+            rather than carried by tasks (`faasctl.scan.staging`).
 
     Attributes:
         background_sends: tasks that carried the background, since the client was made.
         bounces: tasks that came back asking for the background.
         submissions: tasks submitted to the executor (resubmissions included).
         losses: tasks lost to infrastructure (each retried or recorded as failed).
+        staged_chunks: chunk tasks sent to stage large backgrounds.
     """
 
     def __init__(
@@ -145,6 +156,7 @@ class FitClient:
         background_seeds: int | None = None,
         function: TaskFunction = fit_patch,
         check_stack: bool = True,
+        inline_limit: int = INLINE_LIMIT,
     ) -> None:
         if timeout is not None and not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be positive finite seconds or None, not {timeout!r}")
@@ -157,6 +169,9 @@ class FitClient:
         self.background_seeds = background_seeds
         self.function = function
         self.check_stack = check_stack
+        self.inline_limit = inline_limit
+        self._staged: dict[str, int] = {}  # background digest -> its number of chunks
+        self.staged_chunks = 0
         self.background_sends = 0
         self.bounces = 0
         self.submissions = 0
@@ -193,7 +208,10 @@ class FitClient:
 
             check_worker(self.executor, self.timeout)
             self.check_stack = False  # once per client
-        seeds = self._seeds()
+        staged = bool(queue) and needs_staging(pallet.background, self.inline_limit)
+        if staged:
+            self._stage(pallet)
+        seeds = 0 if staged else self._seeds()
         running: dict[cf.Future[Any], _Task] = {}
         progress = time.monotonic()  # the latest completion of any task
 
@@ -203,6 +221,12 @@ class FitClient:
                 jobs = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
                 carry = seeds > 0 or any(j.needs_background for j in jobs)
                 seeds -= seeds > 0
+                if staged:  # workers read the background from the staged chunks, never from the task
+                    carry = False
+                    if any(j.needs_chunks for j in jobs):  # a worker's node lacked some: send them again
+                        self._stage(pallet)
+                        for job in jobs:
+                            job.needs_chunks = False
                 task = _Task(jobs, background=carry, batched=self.batch_size > 1)
                 running[self._submit(pallet, task)] = task
 
@@ -235,6 +259,22 @@ class FitClient:
 
     # --- internals ---------------------------------------------------------------------------
 
+    def _stage(self, pallet: Pallet) -> None:
+        """Send ``pallet``'s background in chunk tasks (`faasctl.scan.staging.stage_chunk`), and wait for them."""
+        pieces = chunks(pallet.background)
+        try:
+            futures = [self.executor.submit(stage_chunk, pallet.digest, i, len(pieces), piece) for i, piece in enumerate(pieces)]
+        except Exception as err:  # noqa: BLE001 - shut down, not connected, refused
+            raise ScanError(f"{type(self.executor).__name__} refused a background chunk: {error_text(err)}") from err
+        self.staged_chunks += len(pieces)
+        done, pending = cf.wait(futures, timeout=self.timeout)
+        failed = [f for f in done if f.exception() is not None]
+        if pending or failed:
+            why = error_text(failed[0].exception()) if failed else f"no answer within {self.timeout:g} s"  # type: ignore[arg-type]
+            raise ScanError(f"staging the background ({len(pieces)} chunks of {pallet.digest[:12]}…) failed: {why}")
+        self._staged[pallet.digest] = len(pieces)
+        log.info("background %s… staged in %d chunks", pallet.digest[:12], len(pieces))
+
     def _seeds(self) -> int:
         if self.background_seeds is not None:
             return max(0, self.background_seeds)
@@ -250,6 +290,7 @@ class FitClient:
             {
                 "digest": pallet.digest,
                 "background": pallet.background if task.background and i == 0 else None,
+                "staged": self._staged.get(pallet.digest),
                 "patch": {"name": j.patch.name, "values": list(j.patch.values), "operations": j.patch.operations},
                 "backend": self.backend,
             }
@@ -293,7 +334,14 @@ class FitClient:
         if not isinstance(record, dict):
             return self._failed(job, f"malformed result: expected a record, got {record!r:.200}")
         if record.get("status") == NEED_BACKGROUND:
-            if carried:
+            if record.get("staged"):
+                job.restages += 1
+                job.needs_chunks = True
+                if job.restages > self.retries:
+                    return self._failed(job, f"worker {record.get('worker') or '(unnamed)'} has not all chunks of the staged "
+                                             f"background after {job.restages} stagings: its node's cache is not where the "
+                                             f"chunks landed (set {STAGE_ENV} on the workers to a folder all nodes share)")
+            elif carried:
                 # the task carried it: resending would loop
                 return self._failed(job, f"worker {record.get('worker') or '(unnamed)'} asked for the background although the "
                                          "task carried it (does the task function keep it?)")

@@ -8,7 +8,8 @@ The results folder holds:
     grow with the number of results, and a killed scan loses nothing it recorded.
 ``results.json`` / ``results.csv``
     The same table for people and tools (schema ``schemas/1.0.0/results.json``), exported
-    from the database every few seconds while a scan runs and when it closes, each written
+    from the database while a scan runs (every few seconds, once the results grew by a quarter
+    since the last export: `ResultStore._export_due`) and when it closes, each written
     atomically (temp file + rename): never torn.
 ``.faasctl.lock``
     An exclusive ``flock`` held while a `ResultStore` is open, so that a second scan on the
@@ -47,6 +48,8 @@ SCHEMA_VERSION = "1.0.0"
 EXPECTED_KEYS = ("cls_exp_m2", "cls_exp_m1", "cls_exp", "cls_exp_p1", "cls_exp_p2")
 DB_NAME = "results.sqlite"
 LOCK_NAME = ".faasctl.lock"
+#: While a scan runs, results.json / .csv are exported again once the results grew by this share.
+EXPORT_GROWTH = 0.25
 
 
 class TaskTiming(BaseModel):
@@ -164,6 +167,12 @@ def settings_id(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _slim(result: PatchResult) -> PatchResult:
+    """``result`` without its timing, as a store holds it in memory (the database and files keep it): a scan of
+    10^5 patches holds a fraction of the memory."""
+    return result.model_copy(update={"timing": None}) if result.timing is not None else result
+
+
 def _open_atomic(path: Path) -> tuple[IO[str], str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     umask = os.umask(0)
@@ -249,6 +258,10 @@ class ResultStore:
 
     Use it as a context manager, or call `close`: closing exports the files and releases
     the lock (which the kernel also releases if the process dies).
+
+    Attributes:
+        results: the results by patch, without their ``timing`` (in the database and the
+            exported files; `load_results` reads it).
     """
 
     def __init__(
@@ -276,6 +289,7 @@ class ResultStore:
             raise
         self._exported = time.monotonic()
         self._pause = export_every
+        self._exported_rows = len(self.results)
         self._dirty = force or not self.json_path.exists()  # results the exported files do not show
 
     # --- opening -----------------------------------------------------------------------------
@@ -314,7 +328,7 @@ class ResultStore:
         assert self._db is not None
         for (record,) in self._db.execute("SELECT record FROM results ORDER BY rowid"):
             result = PatchResult.model_validate_json(record)
-            self.results[result.patch] = result
+            self.results[result.patch] = _slim(result)
 
     def _import_json(self) -> None:
         try:
@@ -329,7 +343,7 @@ class ResultStore:
                 self._db.execute("INSERT OR IGNORE INTO settings VALUES (?, ?)", (sid, json.dumps(values, sort_keys=True)))
             for result in doc.results:
                 self._upsert(result)
-                self.results[result.patch] = result
+                self.results[result.patch] = _slim(result)
 
     # --- resume ------------------------------------------------------------------------------
 
@@ -373,10 +387,21 @@ class ResultStore:
             result = result.model_copy(update={"settings": self.settings_id})
         with self._db:
             self._upsert(result)
-        self.results[result.patch] = result
+        self.results[result.patch] = _slim(result)
         self._dirty = True
-        if time.monotonic() - self._exported >= self._pause:
+        if self._export_due():
             self.export()
+
+    def _export_due(self) -> bool:
+        """Whether to export now: `export_every` seconds have passed, and the results grew by `EXPORT_GROWTH`.
+
+        An export rewrites both files whole; exporting when the results have grown by a share
+        keeps the bytes written per result flat (all exports together are at most
+        ``1 + 1 / EXPORT_GROWTH`` times the final files), where a fixed period would make them grow
+        with the scan's length and size: quadratic in the number of patches.
+        """
+        grown = len(self.results) - self._exported_rows >= max(1, EXPORT_GROWTH * self._exported_rows)
+        return grown and time.monotonic() - self._exported >= self._pause
 
     def _upsert(self, result: PatchResult) -> None:
         assert self._db is not None
@@ -409,6 +434,7 @@ class ResultStore:
         _atomic_write(self.json_path, write_json)
         _atomic_write(self.csv_path, lambda fh: write_csv(fh, records, labels, n_values))
         self._exported = time.monotonic()
+        self._exported_rows = len(self.results)
         self._dirty = False
         # at 10^5 results an export takes a while: keep it a small share of the scan's time
         self._pause = max(self.export_every, 10 * (self._exported - start))

@@ -18,14 +18,14 @@ import concurrent.futures as cf
 import logging
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from faasctl.pallets.load import Pallet, Patch, load_pallet
 from faasctl.scan.client import DEFAULT_TIMEOUT, FitClient
 from faasctl.scan.results import PatchResult, ResultStore, patch_digest
 from faasctl.study import DEFAULT_BACKEND, MODIFIER_SETTINGS, POI_TEST, TEST_STAT
 
-__all__ = ["Scan", "check_patches", "run_scan", "pallet_record", "default_out", "computation_settings"]
+__all__ = ["Scan", "check_patches", "checked_digests", "run_scan", "pallet_record", "default_out", "computation_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,21 @@ def check_patches(pallet: Pallet, patches: Sequence[Patch]) -> None:
     Raises:
         PatchError: naming the patch, the patchset file and the failing operation.
     """
-    for patch in patches:
+    checked_digests(pallet, patches)
+
+
+def checked_digests(pallet: Pallet, patches: Sequence[Patch]) -> dict[str, str]:
+    """Each patch's content digest (`patch_digest`), having checked that it applies (see `check_patches`).
+
+    One read of each patch for both: a stored patch (`faasctl.pallets.load.StoredPatch`) is read
+    from its file, and let go before the next.
+    """
+    digests = {}
+    for stored in patches:
+        patch = stored.loaded()
         pallet.workspace_spec(patch, shared=True)
+        digests[patch.name] = patch_digest(patch.values, patch.operations)
+    return digests
 
 
 class Scan:
@@ -107,9 +120,8 @@ class Scan:
         self.backend = backend
         # check every input before the results folder is touched
         self.selected = pallet.select(patches)
-        check_patches(pallet, self.selected)
+        self.digests = checked_digests(pallet, self.selected)
         self.store = ResultStore(self.out, pallet_record(pallet), force=force, settings=computation_settings(backend))
-        self.digests = {p.name: patch_digest(p.values, p.operations) for p in self.selected}
         #: the selected patches still to fit, the names of those ``out`` already holds, and of
         #: those whose result ``out`` holds no longer applies (changed patch or settings), with why
         self.todo: list[Patch] = []
@@ -130,7 +142,7 @@ class Scan:
     ) -> Iterator[PatchResult]:
         """Fit the patches still to do on ``executor``, recording each result as it arrives."""
         yield from run_scan(self.pallet, self.todo, self.store, executor, backend=self.backend, timeout=timeout,
-                            max_in_flight=max_in_flight)
+                            max_in_flight=max_in_flight, digests=self.digests)
 
     @property
     def results(self) -> list[PatchResult]:
@@ -165,9 +177,14 @@ def run_scan(
     backend: str = DEFAULT_BACKEND,
     timeout: float | None = DEFAULT_TIMEOUT,
     max_in_flight: int = 64,
+    digests: Mapping[str, str] | None = None,
 ) -> Iterator[PatchResult]:
-    """Fit ``todo`` on ``executor``, recording each result in ``store`` (with its patch's digest) as it arrives."""
-    digests = {p.name: patch_digest(p.values, p.operations) for p in todo}
+    """Fit ``todo`` on ``executor``, recording each result in ``store`` (with its patch's digest) as it arrives.
+
+    ``digests``: the patches' content digests where known already (`checked_digests`), else computed here.
+    """
+    if digests is None:
+        digests = {p.name: patch_digest(p.values, p.operations) for p in todo}
     client = FitClient(executor, backend=backend, timeout=timeout, max_in_flight=max_in_flight)
     for result in client.scan(pallet, list(todo)):
         result = result.model_copy(update={"digest": digests.get(result.patch)})

@@ -5,7 +5,8 @@ Tasks carry the background workspace only until the worker has it: each worker k
 MB-sized) background once per worker instead of once per patch, and a long-lived endpoint
 worker does not keep every background it has seen. A task that reaches a worker without
 it comes back as ``{"status": "need-background"}`` and the client resends it with the
-background.
+background. A background too large for a task is read from the chunks staged on the worker's
+node instead (`faasctl.scan.staging`).
 
 A patch's record has ``status`` ``"ok"`` (with its CLs), ``"no_sensitivity"`` (no CLs, and
 the reason in ``error``: `faasctl.study.no_sensitivity` decides it, the same for every
@@ -63,6 +64,14 @@ def _background(digest: str, background: dict[str, Any] | None) -> dict[str, Any
             _BACKGROUNDS.popitem(last=False)
     _BACKGROUNDS.move_to_end(digest)
     return kept
+
+
+def _staged_background(digest: str, count: int) -> dict[str, Any] | None:
+    """The background ``digest`` assembled from the chunks staged on this node (then kept), or None."""
+    from faasctl.scan.staging import load_staged
+
+    spec = load_staged(digest, count)
+    return None if spec is None else _background(digest, spec)
 
 
 def worker_id() -> str:
@@ -181,8 +190,8 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
     """Fit one patch.
 
     Args:
-        task: ``{"digest", "background" (or None), "patch": {"name", "values", "operations"},
-            "backend"}``.
+        task: ``{"digest", "background" (or None), "staged" (the number of chunks of a staged
+            background, or None), "patch": {"name", "values", "operations"}, "backend"}``.
 
     Returns:
         A result record (see `faasctl.scan.results.PatchResult`) as a plain dict.
@@ -201,8 +210,14 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
     }
     timing: dict[str, Any] = {"started": started, "worker_start": process_start_time(), "worker_ready": _PROCESS["ready"]}
     background = _background(digest, task.get("background"))
+    if background is None and task.get("staged"):
+        try:
+            background = _staged_background(digest, task["staged"])
+        except ValueError as err:  # corrupt chunks: a failed fit, not a lost worker
+            return {**record, "status": "failed", "error": f"staged background: {err}", "timing": {**timing, "finished": time.time()}}
     if background is None:
-        return {**record, "status": NEED_BACKGROUND, "timing": {**timing, "finished": time.time()}}
+        return {**record, "status": NEED_BACKGROUND, "staged": bool(task.get("staged")),
+                "timing": {**timing, "finished": time.time()}}
 
     traces = _traces()
     start = time.perf_counter()
