@@ -22,8 +22,8 @@ background handling): the whole pipeline, without fitting.
 
 Usage::
 
-    python benchmarks/scale.py                   # N = 100, 1000, 10000 (~6 min on 2 cores)
-    python benchmarks/scale.py --noop            # the pipeline alone (~1 min)
+    python benchmarks/scale.py                   # N = 100, 1000, 10000 (~10 min on 2 quiet cores)
+    python benchmarks/scale.py --noop            # the pipeline alone (~5-8 min)
     python benchmarks/scale.py --big             # adds N = 100000 (~1 h; ~0.6 GB of gzip files)
     python benchmarks/scale.py --sizes 100 300 --workers 2 --json /tmp/scale.json
 """
