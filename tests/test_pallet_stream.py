@@ -81,6 +81,23 @@ def test_streamed_patchset_holds_what_the_file_says(tmp_path, gz):
         assert patch.loaded().operations == entry["patch"] and not isinstance(patch.loaded(), StoredPatch)
 
 
+def test_streamed_patches_travel_to_other_processes(tmp_path):
+    """A notebook hands patches to a process pool: they pickle as plain patches with their operations."""
+    import concurrent.futures as cf
+    import multiprocessing
+    import pickle
+
+    pallet = load_pallet(_patchset_folder(tmp_path / "ps", 3, 200))
+    for patch in pallet.patches.values():
+        copy = pickle.loads(pickle.dumps(patch))
+        assert type(copy) is not StoredPatch and copy == patch.loaded()
+    with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert list(pool.map(len, [p.operations for p in pallet.patches.values()])) == \
+            [len(p.operations) for p in pallet.patches.values()]
+        first = next(iter(pallet.patches.values()))
+        assert pool.submit(repr, first).result() == repr(first.loaded())
+
+
 @pytest.mark.pallets
 def test_streamed_1lbb_equals_the_parsed_file(pallet_1lbb):
     """Every number of every real patch survives the streaming parser and the spool exactly."""

@@ -126,6 +126,11 @@ class StoredPatch(Patch):
     def loaded(self) -> Patch:
         return Patch(self.name, self.values, self.operations, self.source)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # to another process as a plain Patch: the spool's open file does not travel
+        loaded = self.loaded()
+        return (Patch, (loaded.name, loaded.values, loaded.operations, loaded.source))
+
 
 @dataclass
 class Pallet:
