@@ -126,11 +126,10 @@ def run_one(pallet: Path, out: Path, workers: int, noop: bool) -> dict[str, Any]
     args = ["fit", str(pallet), "--out", str(out), "--workers", str(workers), "--no-plot"]
     written = _write_bytes()
     start = time.perf_counter()
-    try:
-        app(args, standalone_mode=False)
-    except SystemExit as err:  # typer.Exit, as the command ends with failures
-        if err.code not in (0, None):
-            raise
+    # standalone_mode=False: click returns a typer.Exit's status (an error's, too) instead of exiting
+    status = app(args, standalone_mode=False)
+    if status not in (0, None):
+        raise SystemExit(status)
     wall = time.perf_counter() - start
     return {"wall": wall, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "store_bytes": _write_bytes() - written}
