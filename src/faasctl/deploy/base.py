@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from faasctl.exceptions import DeployError
+from faasctl.files import atomic_write
 
 __all__ = ["Action", "WriteFiles", "RunCommand", "RemovePath", "Notice", "Who", "DeployStatus", "Deployer"]
 
@@ -71,11 +72,7 @@ class WriteFiles(Action):
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             for name, text in self.files.items():
-                path = self.directory / name
-                tmp = path.with_name(f".{name}.tmp")
-                tmp.write_text(text)
-                tmp.chmod(self.mode)
-                os.replace(tmp, path)
+                atomic_write(self.directory / name, lambda fh, text=text: fh.write(text), mode=self.mode)
         except OSError as err:
             raise DeployError(f"cannot write the endpoint files into {self.directory}: {err}") from err
         log.info("wrote %s into %s", ", ".join(self.files), self.directory)

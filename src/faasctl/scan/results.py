@@ -32,7 +32,6 @@ import math
 import os
 import socket
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Literal, Mapping
@@ -40,6 +39,7 @@ from typing import IO, Any, Iterable, Iterator, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from faasctl.exceptions import ResultsError
+from faasctl.files import atomic_write
 
 __all__ = ["PatchResult", "TaskTiming", "ResultsDocument", "ResultStore", "SCHEMA_VERSION", "load_results", "patch_digest",
            "settings_id"]
@@ -171,28 +171,6 @@ def _slim(result: PatchResult) -> PatchResult:
     """``result`` without its timing, as a store holds it in memory (the database and files keep it): a scan of
     10^5 patches holds a fraction of the memory."""
     return result.model_copy(update={"timing": None}) if result.timing is not None else result
-
-
-def _open_atomic(path: Path) -> tuple[IO[str], str]:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
-    return os.fdopen(fd, "w", newline=""), tmp
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write ``path`` through ``write(fh)`` into a temp file, fsync, rename: readers never see a torn file."""
-    fh, tmp = _open_atomic(path)
-    try:
-        with fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _FolderLock:
@@ -431,8 +409,8 @@ class ResultStore:
         n_values = self._db.execute("SELECT max(n_values) FROM results").fetchone()[0]
         labels = self.pallet.get("labels") or []
         records = (PatchResult.model_validate_json(r) for (r,) in self._db.execute("SELECT record FROM results ORDER BY rowid"))
-        _atomic_write(self.json_path, write_json)
-        _atomic_write(self.csv_path, lambda fh: write_csv(fh, records, labels, n_values))
+        atomic_write(self.json_path, write_json, fsync=True)
+        atomic_write(self.csv_path, lambda fh: write_csv(fh, records, labels, n_values), fsync=True)
         self._exported = time.monotonic()
         self._exported_rows = len(self.results)
         self._dirty = False

@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
+
+from faasctl.files import atomic_write
 
 __all__ = ["INLINE_LIMIT", "CHUNK_BYTES", "STAGE_ENV", "stage_dir", "needs_staging", "chunks", "stage_chunk",
            "load_staged"]
@@ -82,14 +83,7 @@ def stage_chunk(digest: str, index: int, count: int, data: bytes) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{index:05d}-of-{count:05d}.part"
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda fh: fh.write(data), binary=True)
     return socket.gethostname()
 
 

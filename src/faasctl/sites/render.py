@@ -50,6 +50,7 @@ import yaml
 from faasctl.images.containers import worker_container_options
 from faasctl.study import WORKER_ENV
 from faasctl.exceptions import MissingExtra, RenderError
+from faasctl.files import atomic_write
 from faasctl.sites.model import IDENTITY_MAPPING_FILE
 
 if TYPE_CHECKING:
@@ -610,14 +611,7 @@ def write_endpoint(files: Mapping[str, str], out_dir: str | os.PathLike[str], *,
         if "/" in name or name.startswith("."):
             raise RenderError(f"refusing to write {name!r}: not a plain file name")
         path = out / name
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda fh, text=text: fh.write(text), mode=0o600)
         written.append(path)
     log.info("wrote endpoint folder %s (%s)", out, ", ".join(files))
     return written
