@@ -111,7 +111,9 @@ def test_cancelled_block_loses_nothing_and_resume_completes(pallet: Pallet, refe
     after: list[PatchResult] = []
     with site_executor(site, run_dir=tmp_path / "runinfo", **FAST) as executor:
         htex = executor.dfk.executors[executor.label]
-        scan = run_scan(pallet, todo, store, executor)
+        # a window of two tasks: the scan cannot race past the cancel on a fast machine (the test
+        # needs patches left to resume; with all 12 in flight they can finish before scancel lands)
+        scan = run_scan(pallet, todo, store, executor, max_in_flight=2)
         for result in scan:
             before.append(result)
             if len(before) == 3:
