@@ -20,12 +20,19 @@ a log) on the local engine, and prints:
 ``--noop`` replaces the fit by a task that answers at once (`fake_fit`: the same payload, the same
 background handling): the whole pipeline, without fitting.
 
+``--interrupt`` checks instead that a scan stopped half-way loses nothing and refits nothing done:
+per N, ``faasctl fit`` (a fresh process) gets SIGINT once half the results are recorded, must exit
+130, and is run again on the same ``--out``. The second run must fit exactly the patches the first
+did not record, leave every recorded result as it was (same record, same receive time), and end
+with all N.
+
 Usage::
 
     python benchmarks/scale.py                   # N = 100, 1000, 10000 (~10 min on 2 quiet cores)
     python benchmarks/scale.py --noop            # the pipeline alone (~5-8 min)
     python benchmarks/scale.py --big             # adds N = 100000 (~1 h; ~0.6 GB of gzip files)
     python benchmarks/scale.py --sizes 100 300 --workers 2 --json /tmp/scale.json
+    python benchmarks/scale.py --interrupt --sizes 10000 --noop   # Ctrl-C half-way, then resume (~4 min)
 """
 
 from __future__ import annotations
@@ -165,6 +172,70 @@ def measure(n: int, pallet: Path, workers: int, noop: bool) -> dict[str, Any]:
     }
 
 
+def _recorded(out: Path) -> int:
+    """How many results ``out``'s database holds now (0 before it exists)."""
+    import sqlite3
+
+    db = out / "results.sqlite"
+    if not db.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as con:
+            return int(con.execute("SELECT count(*) FROM results").fetchone()[0])
+    except sqlite3.OperationalError:  # being created this instant
+        return 0
+
+
+def interrupt_and_resume(n: int, pallet: Path, workers: int, noop: bool) -> dict[str, Any]:
+    """SIGINT to a scan of ``pallet`` once half its results are recorded, then the same scan again.
+
+    Raises SystemExit naming what was lost or refitted.
+    """
+    import signal
+
+    from faasctl.scan.results import load_results
+
+    with tempfile.TemporaryDirectory(prefix="faasctl-scale-out-", dir=pallet.parent) as tmp:
+        out = Path(tmp) / "results"
+        cmd = [sys.executable, __file__, "--one", str(pallet), "--out", str(out), "--workers", str(workers)]
+        cmd += ["--noop"] if noop else []
+        env = {**os.environ, "COLUMNS": "120"}
+        with (Path(tmp) / "first.log").open("w") as log:
+            first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+            while first.poll() is None and _recorded(out) < n // 2:
+                time.sleep(0.05)
+            first.send_signal(signal.SIGINT)
+            interrupted_at = time.time()
+            first.communicate(timeout=600)
+        if first.returncode != 130:
+            raise SystemExit(f"N={n}: the interrupted scan exited {first.returncode}, not 130 "
+                             f"(log: {(Path(tmp) / 'first.log').read_text()[-2000:]})")
+        kept = load_results(out)
+        if not 0 < len(kept) < n:
+            raise SystemExit(f"N={n}: {len(kept)} results after the interrupt; nothing to resume")
+
+        start = time.perf_counter()
+        with (Path(tmp) / "second.log").open("w") as log:
+            second = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        wall = time.perf_counter() - start
+        if second.returncode != 0:
+            raise SystemExit(f"N={n}: the resumed scan exited {second.returncode}: {(Path(tmp) / 'second.log').read_text()[-2000:]}")
+        final = load_results(out)
+        changed = [name for name, r in kept.items() if final.get(name) != r]
+        refitted = [name for name, r in final.items()
+                    if name in kept and r.timing and r.timing.received and r.timing.received > interrupted_at]
+        new = [name for name in final if name not in kept]
+        problems = []
+        if len(final) != n:
+            problems.append(f"{n - len(final)} patches missing after the resume")
+        if changed or refitted:
+            problems.append(f"{len(set(changed) | set(refitted))} results recorded before the interrupt were fitted "
+                            f"again or changed (e.g. {sorted(set(changed) | set(refitted))[:3]})")
+        if problems:
+            raise SystemExit(f"N={n}: " + "; ".join(problems))
+    return {"n": n, "recorded_at_interrupt": len(kept), "resumed": len(new), "resume_wall": wall}
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     head = f"{'N':>7} {'wall s':>8} {'per patch ms':>13} {'fit ms':>7} {'orch/patch ms':>14} {'steady ms':>10} {'RSS MB':>7} {'store MB':>9} {'failed':>6}"
     lines = [head]
@@ -182,6 +253,8 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--big", action="store_true", help="add N = 100000")
     parser.add_argument("--noop", action="store_true", help="replace the fit by a task that answers at once")
+    parser.add_argument("--interrupt", action="store_true",
+                        help="per N: SIGINT half-way, then resume; check nothing is lost or fitted twice")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tmp", type=Path, default=None, help="where to write the pallets (default: the system's temp folder)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -200,9 +273,20 @@ def main() -> int:
             start = time.perf_counter()
             pallet = generate(n, Path(tmp) / f"pallet-{n}")
             print(f"N={n}: generated in {time.perf_counter() - start:.1f} s; fitting …", file=sys.stderr, flush=True)
-            rows.append(measure(n, pallet, args.workers, args.noop))
+            if args.interrupt:
+                row = interrupt_and_resume(n, pallet, args.workers, args.noop)
+                print(f"N={n}: interrupted with {row['recorded_at_interrupt']} results recorded; the resumed run "
+                      f"fitted the other {row['resumed']} in {row['resume_wall']:.1f} s, refitted none, lost none",
+                      flush=True)
+                rows.append(row)
+            else:
+                rows.append(measure(n, pallet, args.workers, args.noop))
+                print(_table(rows[-1:]).splitlines()[1], file=sys.stderr, flush=True)
             shutil.rmtree(pallet)
-            print(_table(rows[-1:]).splitlines()[1], file=sys.stderr, flush=True)
+    if args.interrupt:
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return 0
     mode = "no-op fits" if args.noop else "jax fits"
     print(f"faasctl fit, local engine, {args.workers} workers, {mode}:")
     print(_table(rows))

@@ -7,8 +7,10 @@ and a local base image with Python (``eval "$(.ci/docker-up.sh)"`` exports DOCKE
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
 from importlib import metadata
 
@@ -161,18 +163,34 @@ def test_cpu_sites_do_not_get_the_gpu_policy():
 # --- a real build, run without a GPU ---------------------------------------------------------------------
 
 
+#: What the build takes on copy-based storage (vfs, as in CI): ~6.3 GB of image, ~12 GB while building.
+CUDA_BUILD_DISK = 16e9
+
+
 @pytest.mark.docker
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("FAASCTL_BUILD_CUDA_IMAGE") != "1",
-    reason="opt-in: FAASCTL_BUILD_CUDA_IMAGE=1 (the build downloads ~3 GB of CUDA wheels and took 59 min on a loaded "
-           "2-core machine, too long for every CI run)",
-)
+@pytest.mark.timeout(1800)  # ~6 min here; a loaded machine took far longer
 def test_cuda_image_builds_and_its_self_test_fails_for_want_of_a_gpu(docker_engine):
+    """The CUDA image, built for real (~6 min here: ~3 GB of nvidia wheels, then vfs copies), run without a GPU."""
     base = os.environ.get("FAASCTL_BASE_IMAGE")
     require(base is not None, "FAASCTL_BASE_IMAGE, a local base image with Python (.ci/docker-up.sh)")
+    if os.environ.get("FAASCTL_BUILD_CUDA_IMAGE") == "0":
+        pytest.skip("FAASCTL_BUILD_CUDA_IMAGE=0 (opted out)")
+    free = shutil.disk_usage(docker_engine.info()["DockerRootDir"]).free
+    if free < CUDA_BUILD_DISK:  # a limit of the machine, not a missing service: say so, do not fail the run on it
+        pytest.skip(f"{free / 1e9:.0f} GB free where the Docker engine keeps its images; the CUDA build needs "
+                    f"{CUDA_BUILD_DISK / 1e9:.0f} GB")
     tag = "faasctl-worker:pytest-cuda"
 
+    try:
+        _build_and_run_without_gpu(docker_engine, base, tag)
+    finally:  # give the disk back to the tests that follow (the CPU image builds next)
+        with contextlib.suppress(Exception):
+            docker_engine.images.remove(tag, force=True)
+            docker_engine.images.prune(filters={"dangling": True})
+
+
+def _build_and_run_without_gpu(docker_engine, base, tag):
     start = time.perf_counter()
     result = runner.invoke(app, ["image", "build", "--flavor", "cuda", "--base-image", base, "--tag", tag, "--quiet"])
     assert result.exit_code == 0, result.output
