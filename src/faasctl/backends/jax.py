@@ -83,6 +83,8 @@ TOLERANCE = 1e-10
 #: Newton decrement is below this (the float64 rounding floor of the NLL).
 ROUNDING_TOLERANCE = 1e-7
 MAX_ITERATIONS = 300
+#: A Newton decrement below which an accepted step ends the damping: full Newton steps from there.
+NEWTON_ZONE = 1e-3
 #: The largest change of any parameter in a fit's first step (alphas are in units of
 #: their constraint width, normalisations are O(1)): it sets the initial damping.
 FIRST_STEP = 0.3
@@ -279,8 +281,9 @@ def _fit(m: Prepared, data, aux, x0, fixed):
     ``(H + lam I) d = -g`` by Cholesky on the free parameters (parameters at a bound whose
     gradient pushes outwards are held) and is projected into the box. The damping starts
     large (a first step of `FIRST_STEP` along the gradient), shrinks while the quadratic
-    model predicts the decrease well and grows when it does not; it ends at zero, so the
-    fit finishes with full Newton steps (quadratic convergence).
+    model predicts the decrease well and grows when it does not; it ends at zero (at once
+    after a good step with a decrement below `NEWTON_ZONE`), so the fit finishes with full
+    Newton steps (quadratic convergence).
 
     Why not plain Newton: where a likelihood has several local minima, the one found
     depends on the path. With a large damping the steps follow the steepest-descent path
@@ -324,6 +327,9 @@ def _fit(m: Prepared, data, aux, x0, fixed):
         good = accept & ((rho > 0.75) | tiny)
         # shrink faster where the model is very good (far from a valley's edge)
         lam2 = jnp.where(good, jnp.where((rho > 0.95) | tiny, lam / 10.0, lam / 3.0), lam)
+        # close to the minimum the valley is chosen: go straight to full Newton steps rather than
+        # shrink the damping step by step (~2 iterations of ~11 per fit saved, same minima)
+        lam2 = jnp.where(good & (dec < NEWTON_ZONE), 0.0, lam2)
         lam2 = jnp.where(lam2 < 1e-7, 0.0, lam2)
         lam2 = jnp.where(~ok | (search & ~accept), jnp.maximum(4.0 * lam, 1e-6), lam2)
         stalled = search & ~accept & tiny & (lam <= 1e-6) & (dec <= ROUNDING_TOLERANCE)
