@@ -18,12 +18,11 @@ def exclusion_plot(results: Sequence[PatchResult], labels: Sequence[str], path: 
     (no CLs) are drawn as grey crosses and left out of the contours; failed ones are not
     drawn. Returns None when there are no two-dimensional points to draw.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, not pyplot: no GUI backend or global figure state, and ~0.4 s less to import
+    import matplotlib.colors
     import matplotlib.tri as mtri
     import numpy as np
+    from matplotlib.figure import Figure
 
     ok = [r for r in results if r.ok and len(r.values) >= 2 and r.cls_exp]
     blind = [r for r in results if r.status == "no_sensitivity" and len(r.values) >= 2]
@@ -34,7 +33,8 @@ def exclusion_plot(results: Sequence[PatchResult], labels: Sequence[str], path: 
     obs = np.array([r.cls_obs for r in ok])
     exp = np.array([r.cls_exp for r in ok]).reshape(-1, 5)
 
-    fig, ax = plt.subplots(figsize=(7, 5.5), layout="constrained")
+    fig = Figure(figsize=(7, 5.5), layout="constrained")
+    ax = fig.subplots()
     if ok:
         sc = ax.scatter(x, y, c=obs, cmap="viridis_r", norm=matplotlib.colors.LogNorm(vmin=max(obs.min(), 1e-6), vmax=1),
                         s=28, edgecolors="k", linewidths=0.3, zorder=3)
@@ -68,7 +68,8 @@ def exclusion_plot(results: Sequence[PatchResult], labels: Sequence[str], path: 
     ]
     if blind:
         handles.append(Line2D([], [], color="grey", marker="x", ls="", label=r"No sensitivity (no $\mathrm{CL}_s$)"))
-    ax.legend(handles=handles, loc="upper left", frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=2 if len(handles) > 3 else 3, frameon=False)  # off the points
+    ax.use_sticky_edges = False  # the filled band would pin the axes to the outermost points, cutting them in half
     ax.margins(0.04)
     ax.set_xlabel(labels[0] if len(labels) > 0 else "value 0")
     ax.set_ylabel(labels[1] if len(labels) > 1 else "value 1")
@@ -76,5 +77,4 @@ def exclusion_plot(results: Sequence[PatchResult], labels: Sequence[str], path: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
