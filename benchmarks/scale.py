@@ -205,7 +205,6 @@ def interrupt_and_resume(n: int, pallet: Path, workers: int, noop: bool) -> dict
             while first.poll() is None and _recorded(out) < n // 2:
                 time.sleep(0.05)
             first.send_signal(signal.SIGINT)
-            interrupted_at = time.time()
             first.communicate(timeout=600)
         if first.returncode != 130:
             raise SystemExit(f"N={n}: the interrupted scan exited {first.returncode}, not 130 "
@@ -214,7 +213,7 @@ def interrupt_and_resume(n: int, pallet: Path, workers: int, noop: bool) -> dict
         if not 0 < len(kept) < n:
             raise SystemExit(f"N={n}: {len(kept)} results after the interrupt; nothing to resume")
 
-        start = time.perf_counter()
+        start, resumed_at = time.perf_counter(), time.time()
         with (Path(tmp) / "second.log").open("w") as log:
             second = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         wall = time.perf_counter() - start
@@ -223,7 +222,7 @@ def interrupt_and_resume(n: int, pallet: Path, workers: int, noop: bool) -> dict
         final = load_results(out)
         changed = [name for name, r in kept.items() if final.get(name) != r]
         refitted = [name for name, r in final.items()
-                    if name in kept and r.timing and r.timing.received and r.timing.received > interrupted_at]
+                    if name in kept and r.timing and r.timing.received and r.timing.received >= resumed_at]
         new = [name for name in final if name not in kept]
         problems = []
         if len(final) != n:
