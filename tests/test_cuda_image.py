@@ -7,7 +7,6 @@ and a local base image with Python (``eval "$(.ci/docker-up.sh)"`` exports DOCKE
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -182,12 +181,23 @@ def test_cuda_image_builds_and_its_self_test_fails_for_want_of_a_gpu(docker_engi
                     f"{CUDA_BUILD_DISK / 1e9:.0f} GB")
     tag = "faasctl-worker:pytest-cuda"
 
+    before = {image.id for image in docker_engine.images.list(all=True)}
     try:
         _build_and_run_without_gpu(docker_engine, base, tag)
-    finally:  # give the disk back to the tests that follow (the CPU image builds next)
-        with contextlib.suppress(Exception):
-            docker_engine.images.remove(tag, force=True)
-            docker_engine.images.prune(filters={"dangling": True})
+    finally:
+        # give the disk back (the CPU image builds next), removing only what this build made: the CPU
+        # build's cached stages stay
+        made = [i.id for i in docker_engine.images.list(all=True) if i.id not in before]
+        while made:  # a parent goes once its children have: pass again while that frees some
+            left = []
+            for image_id in made:
+                try:
+                    docker_engine.images.remove(image_id, force=True, noprune=True)
+                except Exception:  # noqa: BLE001 - has children still (or already gone)
+                    left.append(image_id)
+            if len(left) == len(made):
+                break
+            made = left
 
 
 def _build_and_run_without_gpu(docker_engine, base, tag):
