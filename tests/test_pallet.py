@@ -24,7 +24,7 @@ import jsonpatch
 import pytest
 from typer.testing import CliRunner
 
-from conftest import assert_agrees, pyhf_reference
+from conftest import EXAMPLE, assert_agrees, pyhf_reference
 from faasctl.pallets import load as pallet_module
 from faasctl.study import pyhf_hypotest
 from faasctl.cli.main import app
@@ -439,6 +439,27 @@ def test_decompression_bombs_are_refused(sandbox, monkeypatch):
     with pytest.raises(PalletError) as excinfo:
         load_pallet(archive)
     one_line_error(excinfo, "refusing archive", "more than 2097152 bytes in all")
+
+
+def test_folder_of_gzip_patches_has_no_total_cap(tmp_path, monkeypatch):
+    """A folder's files are read one at a time: together they may unpack to more than an archive may
+    (10^5 gzip patches of 1Lbb's size unpack to over 4 GiB); each file keeps its own cap."""
+    monkeypatch.setattr(pallet_module, "MAX_TOTAL_BYTES", 2 << 10)
+    source = load_pallet(EXAMPLE)
+    folder = tmp_path / "pallet"
+    folder.mkdir()
+    (folder / "BkgOnly.json.gz").write_bytes(gzip.compress(json.dumps(source.background).encode()))
+    for patch in source.patches.values():
+        (folder / f"patch.{patch.name}.json.gz").write_bytes(gzip.compress(json.dumps(patch.operations).encode()))
+    pallet = load_pallet(folder)
+    assert set(pallet.patches) == set(source.patches)
+    assert all(pallet.patches[n].operations == p.operations for n, p in source.patches.items())
+    # an archive of the same files is refused at the same (lowered) cap
+    archive = tmp_path / "pallet.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="pallet")
+    with pytest.raises(PalletError, match="in all"):
+        load_pallet(archive)
 
 
 def test_unsafe_archive_via_the_cli_writes_nothing(sandbox):

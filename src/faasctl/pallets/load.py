@@ -70,7 +70,7 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
 
 #: Largest file read from a pallet, after decompression (a guard against decompression bombs).
 MAX_MEMBER_BYTES = 1 << 30
-#: Most bytes unpacked from one archive in all, nested archives included.
+#: Most bytes unpacked from one archive in all, nested archives included (folders: no total cap).
 MAX_TOTAL_BYTES = 4 << 30
 #: Most members one archive may hold (tar headers alone can exhaust memory).
 MAX_MEMBERS = 100_000
@@ -344,7 +344,9 @@ class _Tree:
         self.label = label
         self.archive = archive
         self._files = files  # relative posix path -> Path (folder) or bytes (archive)
-        self._budget: _Budget | None = budget or _Budget(label)
+        # An archive is unpacked in memory: all it unpacks counts against one cap. A folder's files are
+        # read one at a time and let go, each under MAX_MEMBER_BYTES: 10^5 gzip patches may unpack to more.
+        self._budget: _Budget | None = budget if budget is not None else _Budget(label) if archive else None
 
     def stop_counting(self) -> None:
         """Count no more reads against the unpacking budget: a read pallet reads its patches again as a scan runs."""
@@ -666,13 +668,46 @@ def _validated_before(schema: str, where: str) -> bool:
     return marker is not None and marker.exists()
 
 
+@functools.cache
+def _schema_validator(schema: str) -> tuple[Any, threading.Lock]:
+    """pyhf's validator of ``schema`` (as `pyhf.schema.validate` builds it), made once, with a lock.
+
+    `pyhf.schema.validate` builds a new validator and reference resolver at each call, and the
+    resolver walks pyhf's schema documents again for every ``$ref``: ~9 ms per 1Lbb patch, ~5 of
+    them resolving. One validator keeps its resolver's caches. The lock: a resolver keeps a scope
+    stack while it validates, so one validator serves one thread at a time.
+    """
+    from pathlib import Path as _Path
+
+    import jsonschema
+    import pyhf.schema
+    from pyhf.schema import variables
+    from pyhf.schema.validator import _is_array_or_tensor, _is_number_or_tensor_subtype
+
+    version = variables.SCHEMA_VERSION
+    document = pyhf.schema.load_schema(str(_Path(version).joinpath(schema)))
+    resolver = jsonschema.RefResolver(
+        base_uri=f"{_Path(variables.schemas).joinpath(version).as_uri()}/", referrer=schema, store=variables.SCHEMA_CACHE
+    )
+    checker = jsonschema.Draft6Validator.TYPE_CHECKER.redefine("array", _is_array_or_tensor).redefine(
+        "number", _is_number_or_tensor_subtype
+    )
+    validator = jsonschema.validators.extend(jsonschema.Draft6Validator, type_checker=checker)
+    return validator(document, resolver=resolver, format_checker=None), threading.Lock()
+
+
 def _check_schema(spec: Any, schema: str, where: str, *, index: int | None = None) -> None:
     """Check ``spec`` against pyhf's ``schema``; ``index``: ``spec`` is a patchset holding only its patch ``index``."""
+    import jsonschema
     import pyhf.exceptions
-    import pyhf.schema
 
+    validator, lock = _schema_validator(schema)
     try:
-        pyhf.schema.validate(spec, schema)
+        with lock:
+            try:
+                validator.validate(spec)
+            except jsonschema.ValidationError as err:  # as pyhf.schema.validate raises it
+                raise pyhf.exceptions.InvalidSpecification(err, schema) from None
     except pyhf.exceptions.InvalidSpecification as err:
         message = err.parent.message if hasattr(err, "parent") else str(err)
         if len(message) > 200:  # jsonschema quotes the whole failing instance
