@@ -30,7 +30,7 @@ Usage::
 
     python benchmarks/scale.py                   # N = 100, 1000, 10000 (~10 min on 2 quiet cores)
     python benchmarks/scale.py --noop            # the pipeline alone (~5-8 min)
-    python benchmarks/scale.py --big             # adds N = 100000 (~1 h; ~0.6 GB of gzip files)
+    python benchmarks/scale.py --big             # adds N = 100000 (~25 min: 7 to write the files, ~0.6 GB)
     python benchmarks/scale.py --sizes 100 300 --workers 2 --json /tmp/scale.json
     python benchmarks/scale.py --interrupt --sizes 10000 --noop   # Ctrl-C half-way, then resume (~4 min)
 """
