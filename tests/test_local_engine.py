@@ -57,28 +57,35 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-CLIENT = """
+#: A long fit: a worker left alone would keep running it. It leaves ``<pid>.busy`` in the
+#: current folder once it runs (exec: a builtin, so a spawned worker can unpickle the task).
+TASK = "import os, pathlib, time; pathlib.Path(f'{os.getpid()}.busy').touch(); time.sleep(300)"
+
+CLIENT = f"""
 import time
 from faasctl.executors.local import local_executor
 
 if __name__ == "__main__":
     with local_executor(2, warm=None) as ex:
         for _ in range(2):
-            ex.submit(time.sleep, 300)  # a long fit: a worker left alone would keep running it
+            ex.submit(exec, {TASK!r})
         print("submitted", flush=True)
         time.sleep(300)
 """
 
 
-def _descendants_when_busy(process: subprocess.Popen, count: int) -> set[int]:
+def _descendants_when_busy(process: subprocess.Popen, count: int, folder: Path) -> set[int]:
+    """The client's descendants once ``count`` workers run a `TASK` (each leaves ``<pid>.busy`` in ``folder``)."""
     parent = psutil.Process(process.pid)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        busy = [p for p in parent.children(recursive=True) if p.cpu_times().user > 0.2]
+        busy = {int(f.stem) for f in folder.glob("*.busy")}
         if len(busy) >= count:
-            return {p.pid for p in parent.children(recursive=True)}
+            descendants = {p.pid for p in parent.children(recursive=True)}
+            assert busy <= descendants, (busy, descendants)
+            return descendants
         time.sleep(0.05)
-    raise AssertionError("the workers did not start")
+    raise AssertionError("the workers did not start their tasks")
 
 
 def _assert_gone_soon(pids: set[int], seconds: float = 10) -> None:
@@ -92,8 +99,7 @@ def test_workers_busy_in_a_task_end_with_their_client(tmp_path):
     client = subprocess.Popen([sys.executable, "-c", CLIENT], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         assert client.stdout.readline().strip() == "submitted"
-        workers = _descendants_when_busy(client, 2)
-        time.sleep(1.0)  # both in their 300 s task
+        workers = _descendants_when_busy(client, 2, tmp_path)  # both in their 300 s task
         os.kill(client.pid, signal.SIGKILL)
         client.wait(timeout=30)
         _assert_gone_soon(workers)
