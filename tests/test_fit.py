@@ -59,10 +59,30 @@ def _results(path: Path) -> dict[str, dict]:
     return {r["patch"]: r for r in json.loads(path.read_text())["results"]}
 
 
+#: Patches in the pallet of the kill test: enough that the scan cannot finish between the check that
+#: three results are in and the kill (the example's 12 fit in ~0.1 s once compiled).
+KILL_TEST_PATCHES = 240
+
+
+def _many_patches(example_pallet: Path, folder: Path, n: int) -> Path:
+    """The example pallet with its patches repeated under new names and values to ``n`` patches."""
+    patchset = json.loads((example_pallet / "patchset.json").read_text())
+    originals = patchset["patches"]
+    patchset["patches"] = [
+        {"metadata": {"name": f"copy{i}", "values": [float(i), float(i % 7)]}, "patch": originals[i % len(originals)]["patch"]}
+        for i in range(n)
+    ]
+    folder.mkdir()
+    shutil.copy(example_pallet / "BkgOnly.json", folder / "BkgOnly.json")
+    (folder / "patchset.json").write_text(json.dumps(patchset))
+    return folder
+
+
 def test_resume_after_kill_refits_nothing_done(example_pallet, tmp_path):
     """SIGKILL a running scan (and its workers), then rerun: finished patches are kept as they were."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "faasctl.cli", "fit", str(example_pallet), "-w", "1", "--out", str(out), "--no-plot"]
+    pallet = _many_patches(example_pallet, tmp_path / "pallet", KILL_TEST_PATCHES)
+    cmd = [sys.executable, "-m", "faasctl.cli", "fit", str(pallet), "-w", "1", "--out", str(out), "--no-plot"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -77,21 +97,21 @@ def test_resume_after_kill_refits_nothing_done(example_pallet, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     before = {name: r.model_dump() for name, r in load_results(out).items()}  # every result recorded
-    assert 3 <= len(before) < 12
+    assert 3 <= len(before) < KILL_TEST_PATCHES
 
-    result = runner.invoke(app, ["fit", str(example_pallet), "-w", "2", "--out", str(out), "--no-plot"])
+    result = runner.invoke(app, ["fit", str(pallet), "-w", "2", "--out", str(out), "--no-plot"])
     assert result.exit_code == 0, result.output
     assert f"Resuming: {len(before)} patches already" in result.output
     after = _results(out / "results.json")
-    assert len(after) == 12
+    assert len(after) == KILL_TEST_PATCHES
     for name, record in before.items():
         assert after[name] == record  # same worker, same fit time: not refitted
 
-    forced = runner.invoke(app, ["fit", str(example_pallet), "-w", "2", "--out", str(out), "--no-plot", "--force",
-                                 "-p", "grid_300_0"])
+    forced = runner.invoke(app, ["fit", str(pallet), "-w", "2", "--out", str(out), "--no-plot", "--force",
+                                 "-p", "copy0"])
     assert forced.exit_code == 0, forced.output
     assert "Resuming" not in forced.output
-    assert list(_results(out / "results.json")) == ["grid_300_0"]
+    assert list(_results(out / "results.json")) == ["copy0"]
 
 
 @pytest.fixture
