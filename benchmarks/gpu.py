@@ -56,12 +56,12 @@ def _sync(tree: Any) -> Any:
 
 
 def cls_of(stacked: Any, poi: int) -> list[list[float]]:
-    """CLs (obs, then the expected band) per patch from the five fits, as `JaxBackend.fit_arrays` does."""
-    from faasctl.backends.jax import FITS, cls_from_teststats
+    """CLs (obs, then the expected band) per patch from its fits, as `JaxBackend.fit_arrays` does."""
+    from faasctl.backends.jax import RESULTS, cls_from_teststats
 
     import numpy as np
 
-    index = {name: i for i, (name, *_) in enumerate(FITS)}
+    index = {name: i for i, name in enumerate(RESULTS)}
     nll, x = np.asarray(stacked.nll), np.asarray(stacked.x)
 
     def qtilde(b: int, fixed: str, free: str) -> float:

@@ -9,9 +9,10 @@ How one patch is computed:
 2. The arrays go to functions compiled with ``jax.jit`` once per array *shape* (parameters,
    cells, bins, padded so all patches of a pallet normally share one shape) and kept warm
    for the life of the process (`TRACES` counts the compilations).
-3. Five bounded fits of the NLL, as pyhf's ``AsymptoticCalculator`` with ``qtilde`` does
-   them (POI fixed at 0 for the Asimov data; POI at 1 and free on the observed and on the
-   Asimov data), all from pyhf's suggested init, in one compiled call (`_hypotest`). Each
+3. The bounded fits of the NLL that pyhf's ``AsymptoticCalculator`` with ``qtilde`` does
+   (POI fixed at 0 for the Asimov data; POI at 1 and free on the observed and on the
+   Asimov data), all from pyhf's suggested init, in one compiled call (`_hypotest`); the
+   free fit to the Asimov data needs no fitting (its minimum is known exactly). Each
    fit is a projected Levenberg-Marquardt method on the exact Hessian in one
    ``lax.while_loop`` (`_fit`): damped steps first follow the descent path from the start,
    then full Newton steps converge quadratically. The gradient and Hessian are exact
@@ -56,6 +57,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.linalg import cho_solve
 from jax.scipy.special import gammaln, xlogy
+from scipy.special import ndtr
 
 from faasctl.backends.base import Backend, Hypotest, HypotestResult
 from faasctl.backends.histfactory import (
@@ -122,6 +124,8 @@ class Prepared(NamedTuple):
     ns_hi: jax.Array  # (P, C)
     ns_lo: jax.Array
     ns_coef: jax.Array  # (6, P, C) code4 polynomial coefficients
+    ns_log_hi: jax.Array  # (P, C) log(hi), log(lo): the exponential branches of code4
+    ns_log_lo: jax.Array
     lin: jax.Array  # (P, C) bool
     gauss: jax.Array  # (P,) bool
     sigma: jax.Array
@@ -138,7 +142,7 @@ def _prepare(nom, bin_index, hs_up, hs_dn, ns_hi, ns_lo, lin, gauss, sigma, pois
     coef = jnp.einsum("rc,cpk->rpk", jnp.asarray(_code4_inverse(), dtype=nom.dtype), b)
     return Prepared(
         nom=nom, onehot=onehot, hs_up=hs_up, hs_dn=hs_dn, hs_s=0.5 * (hs_up + hs_dn), hs_a=0.0625 * (hs_up - hs_dn),
-        ns_hi=ns_hi, ns_lo=ns_lo, ns_coef=coef, lin=lin > 0, gauss=gauss, sigma=sigma, pois=pois, tau=tau,
+        ns_hi=ns_hi, ns_lo=ns_lo, ns_coef=coef, ns_log_hi=log_hi, ns_log_lo=log_lo, lin=lin > 0, gauss=gauss, sigma=sigma, pois=pois, tau=tau,
         lower=lower, upper=upper,
     )
 
@@ -159,8 +163,8 @@ def _entries(theta: jax.Array, m: Prepared) -> tuple[jax.Array, jax.Array]:
     c = m.ns_coef
     poly = 1.0 + a * (c[0] + a * (c[1] + a * (c[2] + a * (c[3] + a * (c[4] + a * c[5])))))
     interior = (a > -1.0) & (a < 1.0)
-    base = jnp.where(interior, 1.0, jnp.where(a >= 1.0, m.ns_hi, m.ns_lo))
-    normsys = jnp.where(interior, poly, jnp.power(base, jnp.abs(a)))
+    log_base = jnp.where(interior, 0.0, jnp.where(a >= 1.0, m.ns_log_hi, m.ns_log_lo))
+    normsys = jnp.where(interior, poly, jnp.exp(jnp.abs(a) * log_base))  # base ** |a|
     g = normsys * jnp.where(m.lin, a, 1.0)
     return delta, g
 
@@ -189,9 +193,11 @@ def _entries_and_derivatives(theta: jax.Array, m: Prepared):
     poly2 = 2.0 * c[1] + a * (6.0 * c[2] + a * (12.0 * c[3] + a * (20.0 * c[4] + a * 30.0 * c[5])))
     interior = (a > -1.0) & (a < 1.0)
     above = a >= 1.0
-    base = jnp.where(interior, 1.0, jnp.where(above, m.ns_hi, m.ns_lo))
-    outer = jnp.power(base, jnp.abs(a))
-    slope = jnp.where(above, 1.0, -1.0) * jnp.log(base)  # d/da log(base^|a|)
+    # base ** |a| by one exp of the logs computed once per patch (a power and a log per entry
+    # and iteration before: a third of the entries' time)
+    log_base = jnp.where(interior, 0.0, jnp.where(above, m.ns_log_hi, m.ns_log_lo))
+    outer = jnp.exp(jnp.abs(a) * log_base)
+    slope = jnp.where(above, log_base, -log_base)  # d/da log(base^|a|)
     f = jnp.where(interior, poly, outer)
     f1 = jnp.where(interior, poly1, slope * outer)
     f2 = jnp.where(interior, poly2, slope * slope * outer)
@@ -298,15 +304,12 @@ def _fit(m: Prepared, data, aux, x0, fixed):
     lower, upper = m.lower, m.upper
     n = x0.shape[0]
     eye = jnp.eye(n, dtype=x0.dtype)
-    zero = jnp.zeros((n, n), x0.dtype)
 
     def cond(s):
         return (s[6] == 0) & (s[5] < MAX_ITERATIONS)
 
     def body(s):
-        x, f, g, h, lam, it, status, _, fresh = s
-        # derivatives where the last step moved (one copy of them in the compiled loop)
-        f, g, h = lax.cond(fresh, lambda: _derivatives(x, m, data, aux), lambda: (f, g, h))
+        x, f, g, h, lam, it, status, _ = s
         free = ~fixed & ~((x <= lower) & (g > 0)) & ~((x >= upper) & (g < 0))
         gf = jnp.where(free, g, 0.0)
         lam = jnp.where(lam < 0.0, jnp.max(jnp.abs(gf)) / FIRST_STEP, lam)  # first iteration
@@ -318,7 +321,10 @@ def _fit(m: Prepared, data, aux, x0, fixed):
         done = ok & (lam <= 1e-6) & (dec <= TOLERANCE)
         search = ok & ~done
         xn = jnp.where(free, jnp.clip(x + step, lower, upper), x)
-        fn = lax.cond(search, lambda: _nll(xn, m, data, aux), lambda: jnp.asarray(jnp.inf, x0.dtype))
+        # the trial point's derivatives with its NLL (most steps are accepted: one pass over
+        # the entries per iteration instead of an NLL now and the derivatives next time)
+        fn, gn, hn = lax.cond(search, lambda: _derivatives(xn, m, data, aux),
+                              lambda: (jnp.asarray(jnp.inf, x0.dtype), g, h))
         moved = xn - x
         predicted = -(g @ moved + 0.5 * moved @ (h @ moved))
         rho = (f - fn) / jnp.where(predicted > 0, predicted, 1.0)
@@ -334,14 +340,14 @@ def _fit(m: Prepared, data, aux, x0, fixed):
         lam2 = jnp.where(~ok | (search & ~accept), jnp.maximum(4.0 * lam, 1e-6), lam2)
         stalled = search & ~accept & tiny & (lam <= 1e-6) & (dec <= ROUNDING_TOLERANCE)
         status2 = jnp.where(done | stalled, 1, jnp.where(lam2 > 1e12, 2, 0))
-        x2 = jnp.where(accept, xn, x)
-        return x2, f, g, h, lam2, it + 1, status2, jnp.where(ok, dec, jnp.inf), accept
+        keep = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
+        return (keep(xn, x), keep(fn, f), keep(gn, g), keep(hn, h), lam2, it + 1, status2,
+                jnp.where(ok, dec, jnp.inf))
 
-    inf = jnp.asarray(jnp.inf, x0.dtype)
-    state = (x0, inf, jnp.zeros_like(x0), zero, jnp.asarray(-1.0, x0.dtype), 0, 0, inf, True)
-    x, _, _, _, _, it, status, dec, _ = lax.while_loop(cond, body, state)
-    # the NLL at the returned point (the loop's value is from before its last step)
-    return FitResult(x, _nll(x, m, data, aux), status, it, dec)
+    f0, g0, h0 = _derivatives(x0, m, data, aux)
+    state = (x0, f0, g0, h0, jnp.asarray(-1.0, x0.dtype), 0, 0, jnp.asarray(jnp.inf, x0.dtype))
+    x, f, _, _, _, it, status, dec, = lax.while_loop(cond, body, state)
+    return FitResult(x, f, status, it, dec)
 
 
 def _asimov(m: Prepared, x, aux):
@@ -350,22 +356,29 @@ def _asimov(m: Prepared, x, aux):
     return _expected(x, m), aux_a
 
 
-#: The fits of pyhf's qtilde asymptotic test: (name, on Asimov data, POI fixed, POI value).
+#: The fits of pyhf's qtilde asymptotic test: (name, on Asimov data, POI fixed, POI value). The
+#: free fit to the Asimov data is not run: its minimum is where the Asimov data were made (`_hypotest`).
 FITS = (
     ("asimov_mu0", False, True, 0.0),  # background-only fit to data: makes the Asimov data
     ("data_mu1", False, True, 1.0),
     ("data_free", False, False, 0.0),
     ("asimov_data_mu1", True, True, 1.0),
-    ("asimov_data_free", True, False, 0.0),
 )
+#: `FITS` and the Asimov data's free fit: the fits `_hypotest` returns, in this order.
+RESULTS = (*(name for name, *_ in FITS), "asimov_data_free")
 
 
 def _hypotest(nom, bin_index, hs_up, hs_dn, ns_hi, ns_lo, lin, gauss, sigma, pois, tau, lower, upper, data, aux,
               init, fixed, poi):
-    """All five fits of one patch in one compiled call (a ``lax.scan``: one copy of the fit).
+    """The fits of one patch in one compiled call (a ``lax.scan``: one copy of the fit), as `RESULTS`.
 
     Each fit starts at pyhf's suggested init, as pyhf's do; the Asimov data come from the
-    first (the background-only fit to the observed data).
+    first (the background-only fit to the observed data). The free fit to the Asimov data
+    is known without fitting: at the point ``x`` the Asimov data were made from, every
+    bin's expected count equals its Asimov count and every auxiliary datum its expectation,
+    so each Poisson and constraint term is at its own minimum there: ``x`` is the global
+    minimum (POI 0 is inside the bounds of qtilde's fits). pyhf fits it from the init and
+    lands there within its tolerance; a fit here took ~10 of ~50 iterations per patch.
     """
     TRACES["hypotest"] += 1
     m = _prepare(nom, bin_index, hs_up, hs_dn, ns_hi, ns_lo, lin, gauss, sigma, pois, tau, lower, upper, data)
@@ -380,8 +393,11 @@ def _hypotest(nom, bin_index, hs_up, hs_dn, ns_hi, ns_lo, lin, gauss, sigma, poi
         result = _fit(m, d, a, x0, fixed.at[poi].set(poi_fixed | fixed[poi]))
         return jnp.where(first, result.x, x_mu0), result
 
-    _, results = lax.scan(one, init.at[poi].set(0.0), table)
-    return results
+    x_mu0, results = lax.scan(one, init.at[poi].set(0.0), table)
+    data_a, aux_a = _asimov(m, x_mu0, aux)
+    exact = FitResult(x_mu0, _nll(x_mu0, m, data_a, aux_a), jnp.ones_like(results.status[0]),
+                      jnp.zeros_like(results.iterations[0]), jnp.zeros_like(results.decrement[0]))
+    return jax.tree.map(lambda r, e: jnp.concatenate([r, e[None]]), results, exact)
 
 
 _jit_hypotest = jax.jit(_hypotest)
@@ -402,10 +418,9 @@ def cls_from_teststats(qmu: float, qmu_a: float) -> HypotestResult:
     """CLs and the expected CLs band from ``qtilde`` on data and on Asimov data.
 
     Exactly pyhf's ``AsymptoticCalculator`` (``calc_base_dist="normal"``): the same
-    branches and the same ``scipy.stats.norm.cdf`` as pyhf's numpy backend.
+    branches and the same normal CDF as pyhf's numpy backend (``scipy.stats.norm.cdf`` is
+    ``scipy.special.ndtr``, whose import takes a fifth of the time).
     """
-    from scipy.stats import norm
-
     # q_mu,A = 0 (with q_mu > 0), or both tails underflowing, gives 0/0 = NaN as in pyhf: the worker
     # then reports the patch as having no sensitivity (`faasctl.study.no_sensitivity`)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -416,7 +431,7 @@ def cls_from_teststats(qmu: float, qmu_a: float) -> HypotestResult:
             teststat = (np.power(sqrtq, 2) - np.power(sqrtq_a, 2)) / (2 * sqrtq_a)
 
         def cls(value: float) -> float:
-            return float(norm.cdf(-(value + sqrtq_a)) / norm.cdf(-value))
+            return float(ndtr(-(value + sqrtq_a)) / ndtr(-value))
 
         return cls(teststat), [cls(float(n)) for n in (2, 1, 0, -1, -2)]
 
@@ -429,7 +444,7 @@ class _Background:
 
 @dataclass
 class PatchFit:
-    """The five fits of one hypothesis test (for tests and diagnostics)."""
+    """The fits of one hypothesis test (`RESULTS`; for tests and diagnostics)."""
 
     arrays: ModelArrays
     fits: dict[str, FitResult]
@@ -486,15 +501,15 @@ class JaxBackend(Backend):
     # -- fitting ------------------------------------------------------------------------
 
     def fit_arrays(self, arrays: ModelArrays) -> PatchFit:
-        """The five fits and the CLs values of one patch (raises `FitNotConverged`)."""
+        """The fits and the CLs values of one patch (raises `FitNotConverged`)."""
         a = arrays
         with jax.enable_x64(True):
             stacked = _jit_hypotest(a.nom, a.bin_index, a.hs_up, a.hs_dn, a.ns_hi, a.ns_lo, a.lin, a.gauss, a.sigma,
                                     a.pois, a.tau, a.lower, a.upper, a.data, a.aux, a.init, a.fixed, a.poi)
             stacked = FitResult(*(np.asarray(v) for v in stacked))
         poi = a.poi
-        runs = [(name, FitResult(*(v[i] for v in stacked))) for i, (name, *_) in enumerate(FITS)]
-        self.stats["fits"] += len(runs)
+        runs = [(name, FitResult(*(v[i] for v in stacked))) for i, name in enumerate(RESULTS)]
+        self.stats["fits"] += len(FITS)
         self.stats["iterations"] += sum(int(f.iterations) for _, f in runs)
         bad = [(k, f) for k, f in runs if int(f.status) != 1]
         if bad:
