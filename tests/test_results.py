@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from faasctl.exceptions import ResultsError
+from faasctl.pallets.load import pack_operations
 from faasctl.scan import results as results_module
 from faasctl.scan.results import PatchResult, ResultStore, load_results, patch_digest
 
@@ -102,12 +103,22 @@ def test_resume_skips_only_successful(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["results"] == []
 
 
+def test_patch_digest_is_the_canonical_json_of_values_and_operations():
+    """The digest is unchanged since results first recorded it (else every resume would refit
+    everything once): the sha256 of ``{"values", "operations"}`` as sorted, compact JSON."""
+    import hashlib
+
+    operations = [{"path": "/x", "op": "add", "value": {"b": [1.5, 2.0], "a": "é"}}]
+    canonical = json.dumps({"values": [300.0, 1e-3], "operations": operations}, sort_keys=True, separators=(",", ":"))
+    assert patch_digest((300.0, 1e-3), pack_operations(operations)) == hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def test_changed_patch_or_settings_is_stale(tmp_path):
-    digest = patch_digest([1.0, 2.0], [{"op": "add", "path": "/x", "value": 1}])
+    digest = patch_digest([1.0, 2.0], pack_operations([{"op": "add", "path": "/x", "value": 1}]))
     with ResultStore(tmp_path, PALLET, settings=SETTINGS) as store:
         store.add(ok("a", digest=digest))
         assert store.stale("a", digest) is None
-        assert store.stale("a", patch_digest([1.0, 2.0], [{"op": "add", "path": "/x", "value": 2}])) == "patch content"
+        assert store.stale("a", patch_digest([1.0, 2.0], pack_operations([{"op": "add", "path": "/x", "value": 2}]))) == "patch content"
     with ResultStore(tmp_path, PALLET, settings={**SETTINGS, "backend": "jax"}) as other:
         assert other.stale("a", digest) == "settings: backend 'numpy' → 'jax'"
     doc = json.loads((tmp_path / "results.json").read_text())

@@ -291,7 +291,7 @@ class FitClient:
                 "digest": pallet.digest,
                 "background": pallet.background if task.background and i == 0 else None,
                 "staged": self._staged.get(pallet.digest),
-                "patch": {"name": j.patch.name, "values": list(j.patch.values), "operations": j.patch.operations},
+                "patch": {"name": j.patch.name, "values": list(j.patch.values), "packed": j.patch.packed()},
                 "backend": self.backend,
             }
             for i, j in enumerate(task.jobs)

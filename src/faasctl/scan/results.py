@@ -156,10 +156,16 @@ class ResultsDocument(BaseModel):
     results: list[PatchResult]
 
 
-def patch_digest(values: Iterable[float], operations: Any) -> str:
-    """The sha256 of a patch's content: its values and JSON Patch operations, canonically serialised."""
-    text = json.dumps({"values": list(values), "operations": operations}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+def patch_digest(values: Iterable[float], packed: bytes) -> str:
+    """The sha256 of a patch's content: ``{"operations": ..., "values": ...}`` as canonical JSON.
+
+    ``packed``: the operations packed (`faasctl.pallets.load.pack_operations`, canonical JSON
+    already), so that a spooled patch is hashed without being parsed.
+    """
+    import zlib
+
+    text = b'{"operations":' + zlib.decompress(packed) + b',"values":' + json.dumps(list(values), separators=(",", ":")).encode() + b"}"
+    return hashlib.sha256(text).hexdigest()
 
 
 def settings_id(settings: Mapping[str, Any]) -> str:

@@ -77,9 +77,9 @@ def checked_digests(pallet: Pallet, patches: Sequence[Patch]) -> dict[str, str]:
     """
     digests = {}
     for stored in patches:
-        patch = stored.loaded()
-        pallet.workspace_spec(patch, shared=True)
-        digests[patch.name] = patch_digest(patch.values, patch.operations)
+        patch = stored if getattr(stored, "checked", False) else stored.loaded()
+        patch.check(pallet.background, pallet.patchset_file)
+        digests[patch.name] = patch_digest(patch.values, patch.packed())
     return digests
 
 
@@ -184,7 +184,7 @@ def run_scan(
     ``digests``: the patches' content digests where known already (`checked_digests`), else computed here.
     """
     if digests is None:
-        digests = {p.name: patch_digest(p.values, p.operations) for p in todo}
+        digests = {p.name: patch_digest(p.values, p.packed()) for p in todo}
     client = FitClient(executor, backend=backend, timeout=timeout, max_in_flight=max_in_flight)
     for result in client.scan(pallet, list(todo)):
         result = result.model_copy(update={"digest": digests.get(result.patch)})

@@ -191,14 +191,15 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         task: ``{"digest", "background" (or None), "staged" (the number of chunks of a staged
-            background, or None), "patch": {"name", "values", "operations"}, "backend"}``.
+            background, or None), "patch": {"name", "values", "packed" (`pack_operations`) or "operations"},
+            "backend"}``.
 
     Returns:
         A result record (see `faasctl.scan.results.PatchResult`) as a plain dict.
     """
     started = time.time()
     from faasctl.backends import get_backend
-    from faasctl.pallets.load import Patch
+    from faasctl.pallets.load import Patch, unpack_operations
 
     digest = task["digest"]
     patch_info = task["patch"]
@@ -228,7 +229,8 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
         timing["setup"] = time.perf_counter() - start  # imports, on a worker's first task
         start = time.perf_counter()
         record["backend"] = backend.name
-        patch = Patch(patch_info["name"], tuple(patch_info["values"]), patch_info["operations"])
+        operations = patch_info["operations"] if "operations" in patch_info else unpack_operations(patch_info["packed"])
+        patch = Patch(patch_info["name"], tuple(patch_info["values"]), operations)
         result = backend.hypotest(background, digest, patch)
         record.update(backend=result.backend, fallback=result.fallback)
         reason = result.no_sensitivity
