@@ -312,7 +312,8 @@ def test_auto_prefers_jax():
 
 
 def test_cls_formula_matches_pyhf_calculator():
-    """`cls_from_teststats` is pyhf's asymptotic calculator, branch for branch."""
+    """`cls_from_teststats` is pyhf's asymptotic calculator, branch for branch (its normal CDF
+    uses the C library's erf rather than scipy's: equal to ~1e-15, 1e-13 in the far tails)."""
     from pyhf.infer.calculators import AsymptoticTestStatDistribution
 
     pyhf.set_backend("numpy")
@@ -323,8 +324,9 @@ def test_cls_formula_matches_pyhf_calculator():
         want_obs = sb.pvalue(stat) / b.pvalue(stat)
         want_exp = [sb.pvalue(b.expected_value(n)) / b.pvalue(b.expected_value(n)) for n in (2, 1, 0, -1, -2)]
         obs, exp = jax_backend.cls_from_teststats(qmu, qmu_a)
-        assert obs == pytest.approx(float(want_obs), rel=1e-14)
-        assert exp == pytest.approx([float(v) for v in want_exp], rel=1e-14)
+        assert obs == pytest.approx(float(want_obs), rel=1e-13)
+        assert exp == pytest.approx([float(v) for v in want_exp], rel=1e-13)
+    assert np.isnan(jax_backend.cls_from_teststats(4.0, 0.0)[0])  # 0/0, as in pyhf
 
 
 # --- the real pallets ----------------------------------------------------------------------

@@ -57,7 +57,6 @@ import numpy as np
 from jax import lax
 from jax.scipy.linalg import cho_solve
 from jax.scipy.special import gammaln, xlogy
-from scipy.special import ndtr
 
 from faasctl.backends.base import Backend, Hypotest, HypotestResult
 from faasctl.backends.histfactory import (
@@ -414,12 +413,25 @@ def prepare(arrays: ModelArrays) -> Prepared:
                         a.tau, a.lower, a.upper, a.data)
 
 
+def _ndtr(a: float) -> float:
+    """The standard normal CDF as scipy's ``ndtr`` (cephes) computes it, with the C library's erf/erfc.
+
+    Within 1e-13 relative of ``scipy.special.ndtr`` (= ``scipy.stats.norm.cdf``, what pyhf
+    uses) down to its underflow, and without importing scipy, ~0.5 s of a worker's start.
+    """
+    x = a * math.sqrt(0.5)
+    z = abs(x)
+    if z < math.sqrt(0.5):
+        return 0.5 + 0.5 * math.erf(x)
+    y = 0.5 * math.erfc(z)
+    return 1.0 - y if x > 0 else y
+
+
 def cls_from_teststats(qmu: float, qmu_a: float) -> HypotestResult:
     """CLs and the expected CLs band from ``qtilde`` on data and on Asimov data.
 
     Exactly pyhf's ``AsymptoticCalculator`` (``calc_base_dist="normal"``): the same
-    branches and the same normal CDF as pyhf's numpy backend (``scipy.stats.norm.cdf`` is
-    ``scipy.special.ndtr``, whose import takes a fifth of the time).
+    branches, and the normal CDF as scipy computes it (`_ndtr`).
     """
     # q_mu,A = 0 (with q_mu > 0), or both tails underflowing, gives 0/0 = NaN as in pyhf: the worker
     # then reports the patch as having no sensitivity (`faasctl.study.no_sensitivity`)
@@ -431,7 +443,7 @@ def cls_from_teststats(qmu: float, qmu_a: float) -> HypotestResult:
             teststat = (np.power(sqrtq, 2) - np.power(sqrtq_a, 2)) / (2 * sqrtq_a)
 
         def cls(value: float) -> float:
-            return float(ndtr(-(value + sqrtq_a)) / ndtr(-value))
+            return float(np.float64(_ndtr(-(value + sqrtq_a))) / _ndtr(-value))  # numpy's 0/0: NaN
 
         return cls(teststat), [cls(float(n)) for n in (2, 1, 0, -1, -2)]
 

@@ -106,6 +106,7 @@ def fit(
     from faasctl.exceptions import SiteConfigError
     from faasctl.executors import describe_target, open_executor
     from faasctl.scan.timeline import Phases, process_start
+    from faasctl.scan.worker import freeze_heap
 
     phases = Phases()
     phases.mark("imports", process_start())
@@ -136,6 +137,7 @@ def fit(
                     scan = _open_scan(pallet, out, patches=patch, force=force, backend=backend.value, region=region,
                                       ignore_digest=ignore_digest, labels=labels)
                 stack.enter_context(scan)
+                freeze_heap()  # the CLI's modules and the pallet: no garbage, walked by every collection
                 failed = _fit(scan, lambda: stack.enter_context(engine), executor, where, timeout, backend.value,
                               plot=plot, timeline=timeline, phases=phases, title=f"faasctl fit {pallet}")
         except KeyboardInterrupt:
