@@ -186,6 +186,26 @@ def test_patchset_layout_equals_patch_files(tmp_path):
         assert patchset.workspace_spec(patchset.patches[name]) == files.workspace_spec(files.patches[name])
 
 
+def test_streamed_patch_that_does_not_apply_fails_only_when_chosen(tmp_path):
+    """A streamed patchset's patches are checked against the background as they are read: one that
+    does not apply fails the scans that choose it (naming it, its file and the operation), not the pallet."""
+    from faasctl.scan.runner import check_patches
+
+    folder = as_patchset(TINY / "RegionA", tmp_path / "ps")
+    patchset = json.loads((folder / "patchset.json").read_text())
+    patchset["patches"][0]["patch"][0]["path"] = "/channels/9/samples/0"
+    (folder / "patchset.json").write_text(json.dumps(patchset))
+    pallet = load_pallet(folder)
+    bad, *good = pallet.select()
+    assert bad.checked and bad.problem is not None and all(p.checked and p.problem is None for p in good)
+    check_patches(pallet, good)
+    with pytest.raises(PatchError) as excinfo:
+        check_patches(pallet, [bad])
+    one_line_error(excinfo, str(folder / "patchset.json"), repr(bad.name), "does not apply", "operation [0] (")
+    # the packed operations are the patch's, as sent to the workers
+    assert pallet_module.unpack_operations(bad.packed()) == patchset["patches"][0]["patch"]
+
+
 def test_example_patchset(example_pallet):
     pallet = load_pallet(example_pallet)
     assert pallet.layout == LAYOUT_PATCHSET and len(pallet) == 12 and pallet.labels == ["m1", "m2"]

@@ -54,6 +54,8 @@ __all__ = [
     "workspace_digest",
     "LAYOUT_PATCHSET",
     "LAYOUT_PATCH_FILES",
+    "pack_operations",
+    "unpack_operations",
 ]
 
 log = logging.getLogger(__name__)
