@@ -236,8 +236,9 @@ def _derivatives(theta, m: Prepared, data, aux):
     bin counts ``nu_b = sum_c nu_c`` and ``L = sum_b nu_b - n_b log nu_b``:
     ``grad = J r`` and ``H = J diag(n / nu^2) J^T + sum_c r_c d2 nu_c`` with
     ``J = d nu / d theta`` and ``r = 1 - n / nu``. Off the diagonal
-    ``d_p d_q nu_c = A'_p dG_q + A'_q dG_p + A G T_p T_q`` (``T = g' / g``); the diagonal is
-    computed separately. ``dG_p = g'_p prod_{q != p} g_q`` is computed so that the gradient
+    ``d_p d_q nu_c = A'_p dG_q + A'_q dG_p + A G T_p T_q`` (``T = g' / g``), which is
+    ``M + M^T`` with ``M = (A' + A T / 2) dG^T`` (``dG = T G``); the diagonal is computed
+    separately. ``dG_p = g'_p prod_{q != p} g_q`` is computed so that the gradient
     stays exact when a factor is zero (a POI at 0).
     """
     (delta, g), (d1, g1), (d2, g2) = _entries_and_derivatives(theta, m)
@@ -260,8 +261,10 @@ def _derivatives(theta, m: Prepared, data, aux):
     value = jnp.sum(nu - xlogy(data, nu) + gammaln(data + 1.0)) + _constraint_value(theta, m, aux)
     r_c = r @ m.onehot
     T = g1 / jnp.where(g == 0.0, 1.0, g)
-    K = (d1 * r_c) @ dG.T
-    second = K + K.T + (T * (r_c * nu_c)) @ T.T
+    # the off-diagonal terms d1_p dG_q + d1_q dG_p + A T_p T_q G (dG = T G where g != 0) as
+    # M + M^T with one product: M = ((d1 + A T / 2) r) dG^T
+    M = ((d1 + 0.5 * A * T) * r_c) @ dG.T
+    second = M + M.T
     diag = jnp.sum(r_c * (d2 * G + 2.0 * d1 * dG + A * g2 * others), axis=1)
     second = second + jnp.diag(diag - jnp.diagonal(second))
     # constraints (each on its own parameter)
