@@ -112,3 +112,17 @@ class MissingExtra(FaasctlError):
 
     def __init__(self, module: str, extra: str) -> None:
         super().__init__(f"{module} is not installed: pip install 'faasctl[{extra}]'")
+
+
+def error_text(err: BaseException) -> str:
+    """One line for an exception; Globus Compute's ``TaskExecutionFailed`` keeps the remote traceback.
+
+    (A helper, not an error class: not in ``__all__``, which lists the errors and their exit codes.)
+    """
+    text = str(getattr(err, "remote_data", None) or err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    name = type(err).__name__
+    if not last:
+        return name
+    return (last if name in last.split(":")[0] else f"{name}: {last}")[:500]

@@ -59,6 +59,10 @@ QMU_A_MIN = 2e-3
 #: engine where JAX imports, plain pyhf elsewhere and for any patch the engine cannot fit exactly.
 DEFAULT_BACKEND = "auto"
 
+#: Seconds a patch may be in flight with no task finishing meanwhile (`FitClient`'s ``timeout``): far
+#: above any fit of the published pallets (1Lbb: seconds), short enough that a stuck worker ends the scan.
+DEFAULT_TIMEOUT = 600.0
+
 #: One thread per worker process: the workers already use every core.
 WORKER_ENV = {
     "OMP_NUM_THREADS": "1",

@@ -219,7 +219,7 @@ def run_check(
 def _worker_info(
     executor: cf.Executor, target: str, start: float, start_timeout: float
 ) -> tuple[dict[str, Any] | None, CheckResult]:
-    from faasctl.scan.client import error_text
+    from faasctl.exceptions import error_text
     from faasctl.scan.worker import worker_info
 
     def row(status: Status, message: str, worker: str | None = None) -> CheckResult:

@@ -12,8 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from faasctl.cli import options
-from faasctl.exceptions import EndpointUnhealthy, FaasctlError
-from faasctl.scan.client import error_text
+from faasctl.exceptions import EndpointUnhealthy, FaasctlError, error_text
 
 if TYPE_CHECKING:
     from faasctl.check import CheckReport

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from faasctl.cli import options
-from faasctl.scan.client import DEFAULT_TIMEOUT
+from faasctl.study import DEFAULT_TIMEOUT
 
 #: the default --timeout in direct mode: a site's blocks may wait in the batch queue first
 DIRECT_TIMEOUT = 3600.0

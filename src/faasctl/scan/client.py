@@ -58,8 +58,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from pydantic import ValidationError
 
-from faasctl.exceptions import ScanError
-from faasctl.study import DEFAULT_BACKEND
+from faasctl.exceptions import ScanError, error_text
+from faasctl.study import DEFAULT_BACKEND, DEFAULT_TIMEOUT
 from faasctl.executors.capacity import executor_capacity
 from faasctl.pallets.load import Pallet, Patch
 from faasctl.scan.results import PatchResult, TaskTiming
@@ -70,9 +70,6 @@ __all__ = ["FitClient", "TaskFunction", "run_batch", "error_text", "DEFAULT_TIME
 
 log = logging.getLogger(__name__)
 
-#: Seconds a patch may be in flight with no task finishing meanwhile (see ``timeout``): far above
-#: any fit of the published pallets (1Lbb: seconds), short enough that a stuck worker ends the scan.
-DEFAULT_TIMEOUT = 600.0
 
 #: What runs on a worker: a task dict in, a result record (`faasctl.scan.results.PatchResult`) out.
 TaskFunction = Callable[[dict[str, Any]], dict[str, Any]]
@@ -406,14 +403,3 @@ def _cancel(fut: cf.Future[Any]) -> None:
         fut.cancel()
     except Exception:  # noqa: BLE001
         pass
-
-
-def error_text(err: BaseException) -> str:
-    """One line for an exception; Globus Compute's ``TaskExecutionFailed`` keeps the remote traceback."""
-    text = str(getattr(err, "remote_data", None) or err)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    last = lines[-1] if lines else ""
-    name = type(err).__name__
-    if not last:
-        return name
-    return (last if name in last.split(":")[0] else f"{name}: {last}")[:500]
