@@ -18,9 +18,10 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from faasctl.scan.results import PatchResult
+if TYPE_CHECKING:  # pydantic and the results' models: not before the CLI has started its workers
+    from faasctl.scan.results import PatchResult
 
 __all__ = ["Phases", "breakdown", "timeline_plot", "write_timeline"]
 
