@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import collections
 import copy
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -414,3 +418,37 @@ def test_weak_signals_get_the_same_status_from_every_backend(weak, monkeypatch):
             assert agrees([jax["cls_obs"], *jax["cls_exp"]], [numpy["cls_obs"], *numpy["cls_exp"]]), (name, numpy, jax)
         else:
             assert "q_mu,A" in jax["error"] and "cls_obs" not in jax and "cls_exp" not in numpy
+
+
+RUNTIME_THREADS = """
+import json, os
+from faasctl.backends import get_backend
+import jax, jax.numpy as jnp
+get_backend("jax")
+jax.jit(lambda x: x @ x)(jnp.ones((256, 256))).block_until_ready()
+names, cpus = [], set()
+for task in os.listdir("/proc/self/task"):
+    names.append(open(f"/proc/self/task/{task}/comm").read().strip())
+    cpus.add(frozenset(os.sched_getaffinity(int(task))))
+print(json.dumps({"pool": names.count("tf_XLAEigen"), "masks": [sorted(m) for m in cpus],
+                  "allowed": sorted(os.sched_getaffinity(0))}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2 or
+                    not os.path.isdir("/proc/self/task"), reason="needs Linux and two CPUs")
+@pytest.mark.parametrize("threads", [None, "1"])
+def test_worker_runtime_has_one_xla_thread_per_worker(threads):
+    """XLA's CPU pool is as large as ``FAASCTL_XLA_CPU_THREADS`` (a worker: one), and every thread
+    keeps all the process's CPUs; without the variable XLA sizes it by the CPUs, as it always did."""
+    env = {k: v for k, v in os.environ.items() if k != jax_backend.CPU_THREADS_ENV}
+    if threads:
+        env[jax_backend.CPU_THREADS_ENV] = threads
+    out = subprocess.run([sys.executable, "-c", RUNTIME_THREADS], env=env, capture_output=True, text=True,
+                         timeout=300, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    if threads:
+        assert seen["pool"] == 1
+    else:
+        assert seen["pool"] == len(seen["allowed"])  # XLA's own choice: the test's control
+    assert seen["masks"] == [seen["allowed"]]

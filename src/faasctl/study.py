@@ -63,12 +63,14 @@ DEFAULT_BACKEND = "auto"
 #: above any fit of the published pallets (1Lbb: seconds), short enough that a stuck worker ends the scan.
 DEFAULT_TIMEOUT = 600.0
 
-#: One thread per worker process: the workers already use every core.
+#: One thread per worker process: the workers already use every core. XLA's CPU thread pool has
+#: no setting of its own: the jax backend reads ``FAASCTL_XLA_CPU_THREADS`` (`faasctl.backends.jax.start_runtime`).
 WORKER_ENV = {
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
+    "FAASCTL_XLA_CPU_THREADS": "1",
 }
 
 #: (CLs_obs, [CLs_exp at -2, -1, 0, +1, +2 sigma])

@@ -170,11 +170,7 @@ def warm_up(backend: str) -> None:
     if backend in ("jax", "auto"):
         enable_compilation_cache()
     try:
-        chosen = get_backend(backend)
-        if chosen.name == "jax":
-            import jax
-
-            jax.devices()  # starts the XLA client
+        get_backend(backend)  # the jax backend starts JAX's runtime (`faasctl.backends.jax.start_runtime`)
     except Exception as err:  # noqa: BLE001 - the first task reports it as a failed fit
         log.warning("warming up backend %s failed: %s", backend, err)
 
