@@ -192,6 +192,10 @@ def _fit(
             progress.update(bar, description=f"Fitting ({backend}, {escape(where)})")
             with phases("scan"):
                 for i, result in enumerate(scan.run(executor, timeout=timeout), 1):
+                    if i == 1 and (plot or timeline) and len(scan.todo) > 1:
+                        from faasctl.scan.plot import preload
+
+                        preload()  # while the workers fit: the plots then start at once
                     if timeline:
                         done.append(result)
                     failed += result.failed

@@ -151,10 +151,8 @@ def timeline_plot(results: Sequence[PatchResult], path: str | Path, *, phases: P
     spans = phases.spans if phases is not None else {}
     if not lanes and not spans:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, as the exclusion plot (`faasctl.scan.plot`): no pyplot, no GUI backend
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch as Swatch
 
     starts = [s for s, _ in spans.values()]
@@ -178,7 +176,8 @@ def timeline_plot(results: Sequence[PatchResult], path: str | Path, *, phases: P
         rows.append((f"worker {i}\n{worker.rsplit(':', 1)[-1]}", bars))
 
     height = 1.2 + 0.45 * len(rows)
-    fig, ax = plt.subplots(figsize=(10, height), layout="constrained")
+    fig = Figure(figsize=(10, height), layout="constrained")
+    ax = fig.subplots()
     scan = spans.get("scan")
     if scan is not None:
         ax.axvspan(scan[0] - origin, scan[1] - origin, color=COLORS["scan"], zorder=0)
@@ -210,7 +209,6 @@ def timeline_plot(results: Sequence[PatchResult], path: str | Path, *, phases: P
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
 
 
