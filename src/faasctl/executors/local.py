@@ -91,7 +91,11 @@ class LocalExecutor(cf.Executor):
     Attributes:
         started: when the engine was started (``time.time()``).
         restarts: pools started again after a worker died.
+        same_stack: True: the workers run this interpreter and its packages (`FitClient` need
+            not ask them for their versions).
     """
+
+    same_stack = True
 
     def __init__(
         self,

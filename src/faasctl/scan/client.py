@@ -129,7 +129,9 @@ class FitClient:
             `faasctl.scan.worker.fit_patch`.
         check_stack: before the first scan, ask a worker for its versions and refuse to fit
             where they differ from this process's in what results depend on
-            (`faasctl.stack.compare`: `StackMismatch`); other differences are logged.
+            (`faasctl.stack.compare`: `StackMismatch`); other differences are logged. Default:
+            unless the executor's workers run this very interpreter (``executor.same_stack``,
+            as the local engine's do): their versions are this process's.
         inline_limit: pickled background size (bytes) above which it is staged in chunks
             rather than carried by tasks (`faasctl.scan.staging`).
 
@@ -152,7 +154,7 @@ class FitClient:
         batch_size: int = 1,
         background_seeds: int | None = None,
         function: TaskFunction = fit_patch,
-        check_stack: bool = True,
+        check_stack: bool | None = None,
         inline_limit: int = INLINE_LIMIT,
     ) -> None:
         if timeout is not None and not 0 < timeout < math.inf:
@@ -165,7 +167,7 @@ class FitClient:
         self.batch_size = max(1, batch_size)
         self.background_seeds = background_seeds
         self.function = function
-        self.check_stack = check_stack
+        self.check_stack = check_stack if check_stack is not None else not getattr(executor, "same_stack", False)
         self.inline_limit = inline_limit
         self._staged: dict[str, int] = {}  # background digest -> its number of chunks
         self.staged_chunks = 0
