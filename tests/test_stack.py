@@ -138,6 +138,20 @@ def test_fitclient_refuses_a_worker_with_another_faasctl(monkeypatch: pytest.Mon
     assert result.ok
 
 
+def test_local_workers_are_not_asked_for_their_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local engine's workers run this interpreter: no question before the fits (it would queue behind
+    their start-up), while an executor whose workers may differ is asked by default."""
+    from faasctl.executors.local import local_executor
+
+    monkeypatch.setenv(WORKER_VERSION_ENV, "9.9.9")  # what a worker would report: the local engine is not asked
+    pallet = load_pallet(EXAMPLE)
+    with local_executor(1, warm=None) as ex:
+        (result,) = FitClient(ex, backend="numpy").scan(pallet, [next(iter(pallet.patches))])
+    assert result.ok
+    with cf.ThreadPoolExecutor(1) as ex:
+        assert FitClient(ex).check_stack and not FitClient(ex, check_stack=False).check_stack
+
+
 def test_a_worker_that_cannot_answer_is_let_through(caplog: pytest.LogCaptureFixture) -> None:
     """No answer within the client's timeout: warn and fit (the fits then report the problem per patch)."""
     import threading
