@@ -224,3 +224,24 @@ def test_plot_draws_points_without_sensitivity_apart(tmp_path):
     ok = [PatchResult(patch=f"q{i}", values=[i, 2 + i % 3], status="ok", cls_obs=0.01 * (i + 1), cls_exp=[0.02 * (i + 1)] * 5)
           for i in range(6)]
     assert exclusion_plot(ok + blind, ["m1", "m2"], tmp_path / "b.png", title="").stat().st_size > 10_000
+
+
+PLOT_RIGHT_AFTER_PRELOAD = """
+import sys
+from faasctl.scan.plot import exclusion_plot, preload
+from faasctl.scan.results import PatchResult
+ok = [PatchResult(patch=f"q{i}", values=[i, 2 + i % 3], status="ok", cls_obs=0.01 * (i + 1), cls_exp=[0.02 * (i + 1)] * 5)
+      for i in range(6)]
+preload()  # as faasctl fit does at its first result; a small scan's last one comes right after
+exclusion_plot(ok, ["m1", "m2"], sys.argv[1] + "/exclusion.png")
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_plot_right_after_the_preload(tmp_path, attempt):
+    """The plot waits for matplotlib's import in the preload thread (two importing threads can meet
+    one of its circular imports half done: an ImportError that ended a 12-patch `faasctl fit`)."""
+    proc = subprocess.run([sys.executable, "-c", PLOT_RIGHT_AFTER_PRELOAD, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "exclusion.png").stat().st_size > 10_000

@@ -8,7 +8,10 @@ from typing import Sequence
 
 from faasctl.scan.results import PatchResult
 
-__all__ = ["exclusion_plot", "preload"]
+__all__ = ["exclusion_plot", "preload", "matplotlib_ready"]
+
+
+_preloading: threading.Thread | None = None
 
 
 def _import_matplotlib() -> None:
@@ -24,16 +27,23 @@ def _import_matplotlib() -> None:
         pass
 
 
-def preload() -> threading.Thread:
+def preload() -> None:
     """Import the plots' matplotlib modules in a thread (~0.6 s here), e.g. while the fits run.
 
     A scan's client mostly waits for results: imported then, matplotlib is not in the time
-    between the last result and the exit. A plot drawn meanwhile waits for the import (Python's
-    import lock), so calling this is never wrong, only early or late.
+    between the last result and the exit. The plots wait for it (`matplotlib_ready`).
     """
-    thread = threading.Thread(target=_import_matplotlib, name="faasctl-preload-matplotlib")
-    thread.start()
-    return thread
+    global _preloading
+    if _preloading is None:
+        _preloading = threading.Thread(target=_import_matplotlib, name="faasctl-preload-matplotlib")
+        _preloading.start()
+
+
+def matplotlib_ready() -> None:
+    """Wait for a `preload` under way: two threads importing matplotlib at once can meet one of its
+    circular imports half done (``ImportError: cannot import name ... partially initialized module``)."""
+    if _preloading is not None:
+        _preloading.join()
 
 
 def exclusion_plot(results: Sequence[PatchResult], labels: Sequence[str], path: str | Path, *, title: str = "") -> Path | None:
@@ -46,6 +56,7 @@ def exclusion_plot(results: Sequence[PatchResult], labels: Sequence[str], path: 
     """
     # a Figure of its own, not pyplot: no GUI backend or global figure state, and ~0.4 s less to import.
     # Plain text, no $mathtext$ (also not in the colour bar's ticks): its parser took ~0.7 s of ~1.5.
+    matplotlib_ready()
     import matplotlib.colors
     import matplotlib.ticker
     import matplotlib.tri as mtri

@@ -152,6 +152,9 @@ def timeline_plot(results: Sequence[PatchResult], path: str | Path, *, phases: P
     if not lanes and not spans:
         return None
     # a Figure of its own, as the exclusion plot (`faasctl.scan.plot`): no pyplot, no GUI backend
+    from faasctl.scan.plot import matplotlib_ready
+
+    matplotlib_ready()
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch as Swatch
 
