@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures as cf
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,27 @@ def test_background_is_cached_per_worker(pallet, monkeypatch):
     assert first["status"] == second["status"] == "ok"
     obs, exp = pyhf_hypotest(pallet.workspace_spec(pallet.patches["grid_500_100"]))
     assert second["cls_obs"] == pytest.approx(obs, rel=1e-9) and second["cls_exp"] == pytest.approx(exp, rel=1e-9)
+
+
+def test_background_travels_pickled_once(pallet, monkeypatch):
+    """FitClient pickles the background once for all the tasks that carry it; a worker unpickles the
+    first copy it gets and keeps it (a later copy is not unpickled)."""
+    import pickle
+
+    from faasctl.scan.client import FitClient
+
+    monkeypatch.setattr(worker, "_BACKGROUNDS", collections.OrderedDict())
+    sent = []
+    with cf.ThreadPoolExecutor(2) as ex:
+        client = FitClient(ex, backend="numpy", check_stack=False, background_seeds=3,
+                           function=lambda t: sent.append(t) or worker.fit_patch(t))
+        results = list(client.scan(pallet, ["grid_500_0", "grid_500_100", "grid_600_0", "grid_600_100"]))
+    assert all(r.ok for r in results)
+    blobs = [t["background"] for t in sent if t["background"] is not None]
+    assert len(blobs) == 3 and all(b is blobs[0] for b in blobs) and pickle.loads(blobs[0]) == pallet.background
+    kept = worker._BACKGROUNDS[pallet.digest]
+    worker.fit_patch({**sent[0], "background": b"not a pickle"})  # kept: the copy is not read
+    assert worker._BACKGROUNDS[pallet.digest] is kept
 
 
 def test_worker_keeps_the_backgrounds_used_last(pallet, monkeypatch):

@@ -52,12 +52,19 @@ _cache_checked = False
 _BACKGROUNDS: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
 
 
-def _background(digest: str, background: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The background of ``digest``: the one kept, else ``background`` (then kept), else None."""
+def _background(digest: str, background: dict[str, Any] | bytes | None) -> dict[str, Any] | None:
+    """The background of ``digest``: the one kept, else ``background`` (then kept), else None.
+
+    ``background`` may come pickled (bytes, as `FitClient` sends it): unpickled only if not kept yet.
+    """
     kept = _BACKGROUNDS.get(digest)
     if kept is None:
         if background is None:
             return None
+        if isinstance(background, bytes):
+            import pickle
+
+            background = pickle.loads(background)  # noqa: S301 - the client's own task
         # keep the first copy: backends cache work per background object and digest
         kept = _BACKGROUNDS[digest] = background
         while len(_BACKGROUNDS) > MAX_BACKGROUNDS:
@@ -186,7 +193,7 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
     """Fit one patch.
 
     Args:
-        task: ``{"digest", "background" (or None), "staged" (the number of chunks of a staged
+        task: ``{"digest", "background" (or None; a dict, or pickled), "staged" (the number of chunks of a staged
             background, or None), "patch": {"name", "values", "packed" (`pack_operations`) or "operations"},
             "backend"}``.
 
