@@ -38,6 +38,33 @@ def test_workers_get_the_worker_env_and_run_the_initializer():
     assert env["FAASCTL_TEST_INIT"] != str(os.getpid())  # set in the worker, not here
 
 
+INIT = "import os, pathlib; pathlib.Path(os.environ['FAASCTL_TEST_DIR'], f'{os.getpid()}.init').touch()"
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no worker waits")
+def test_with_a_worker_per_core_the_last_starts_at_the_first_task(tmp_path):
+    """The caller reads the pallet meanwhile: a worker per core less one get ready first."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    init = functools.partial(exec, INIT, {})
+    with local_executor(cores, env={"FAASCTL_TEST_DIR": str(tmp_path)}, initializer=init, warm=None) as ex:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("*.init"))) < cores - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the last one would have got ready by now, had it not waited
+        assert len(list(tmp_path.glob("*.init"))) == cores - 1
+        ex.submit(os.getpid).result(timeout=120)
+        while len(list(tmp_path.glob("*.init"))) < cores and time.monotonic() < deadline + 60:
+            time.sleep(0.05)
+        assert len(list(tmp_path.glob("*.init"))) == cores
+    (tmp_path / "fewer").mkdir()
+    with local_executor(cores - 1 or 1, env={"FAASCTL_TEST_DIR": str(tmp_path / "fewer")}, initializer=init,
+                        warm=None):
+        deadline = time.monotonic() + 60
+        while len(list((tmp_path / "fewer").glob("*.init"))) < (cores - 1 or 1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list((tmp_path / "fewer").glob("*.init"))) == (cores - 1 or 1)  # a core to spare: none waits
+
+
 def test_leaving_the_block_ends_the_workers():
     with local_executor(2, warm=None) as ex:
         pids = {ex.submit(os.getpid).result(timeout=120) for _ in range(4)}
