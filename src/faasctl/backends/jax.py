@@ -103,18 +103,20 @@ def start_runtime() -> None:
     XLA sizes the thread pool that runs compiled CPU code by the CPUs the process may use, and
     neither JAX nor XLA has a setting for it: each of N workers on N cores ran N threads, which
     then waited on each other (1Lbb on 2 cores, 2 workers: ~1 s more CPU per scan than with one
-    thread each; one worker's fits took 44 ms of CPU per patch with one thread against 49 ms
-    with two). So the CPU client is made while this thread may run on that many CPUs only, and
+    thread each; a 1Lbb patch took 38 ms of CPU with one thread against 49 ms with two, in the
+    same 38 ms). So the CPU client is made while this thread may run on that many CPUs only, and
     every thread gets all the process's CPUs back afterwards: the pool keeps its size, the
-    scheduler still moves its threads freely. Without the variable, or on a system without CPU
-    affinity, JAX starts as it would; a runtime already started is left as it is.
+    scheduler still moves its threads freely. Without the variable (or with one that is not a
+    positive number), or on a system without CPU affinity, JAX starts as it would; a runtime
+    already started is left as it is.
     """
-    threads = os.environ.get(CPU_THREADS_ENV)
-    allowed = os.sched_getaffinity(0) if threads and hasattr(os, "sched_getaffinity") else None
-    if not allowed or int(threads) >= len(allowed):  # type: ignore[arg-type]
+    setting = os.environ.get(CPU_THREADS_ENV, "")
+    threads = int(setting) if setting.strip().isdigit() else 0
+    allowed = os.sched_getaffinity(0) if threads > 0 and hasattr(os, "sched_getaffinity") else set()
+    if not 0 < threads < len(allowed):
         jax.devices()
         return
-    os.sched_setaffinity(0, sorted(allowed)[: int(threads)])  # type: ignore[arg-type]
+    os.sched_setaffinity(0, sorted(allowed)[:threads])
     try:
         jax.devices()
     finally:
