@@ -301,6 +301,8 @@ def test_results_record_where_their_time_went(local_ex):
         # client clock around the worker's (one machine, one clock)
         assert t.submitted <= t.started <= t.finished <= t.received
         assert t.worker_start <= t.worker_ready <= t.started
+        # the local engine's last worker (a worker per core) waited for the first task before its imports
+        assert t.worker_released is None or t.worker_start <= t.worker_released <= t.worker_ready
         assert t.queue_wait == pytest.approx(t.started - t.submitted)
         assert t.overhead == pytest.approx((t.received - t.submitted) - (t.finished - t.started))
         assert r.fit_time <= t.finished - t.started

@@ -76,13 +76,15 @@ def _start_worker(
     """
     os.environ.update(env)
     _die_with_parent(parent, death_signal)
+    released = None
     if early is not None and not early.acquire(block=False):
         go.wait()
+        released = time.time()
     from faasctl.scan import worker
 
     if warm:
         worker.warm_up(warm)
-    worker.mark_ready()
+    worker.mark_ready(released)
     if initializer is not None:
         initializer()
 

@@ -71,6 +71,8 @@ class TaskTiming(BaseModel):
     bytes_received: int | None = Field(default=None, description="pickled size of the result")
     worker_start: float | None = Field(default=None, description="worker: its process started")
     worker_ready: float | None = Field(default=None, description="worker: set up by the local engine (imports, JAX)")
+    worker_released: float | None = Field(
+        default=None, description="worker: it stopped waiting for the first task and began its imports (local engine)")
     setup: float | None = Field(default=None, description="seconds the task spent importing the backend")
     compiled: bool | None = Field(default=None, description="the fit compiled the engine (first of a model layout)")
 

@@ -6,8 +6,9 @@ engine start, scan, plot). Times are ``time.time()`` values; on one machine the 
 the workers' clocks are the same, on a cluster they differ by the nodes' clock offset.
 
 ``timeline.png``: one lane for the client and one per worker. A worker's lane starts when
-its process started; the time until it was ready (set up by the local engine: imports, JAX)
-or, elsewhere, until its first task started, is drawn as *start + imports*; then each task
+its process started (the local engine's last worker waits for the first task: its lane starts
+then); the time until it was ready (set up by the local engine: imports, JAX) or, elsewhere,
+until its first task started, is drawn as *start + imports*; then each task
 is a bar: *compile* for a fit that compiled the engine, *fit* for the others.
 """
 
@@ -85,13 +86,15 @@ def _workers(results: Sequence[PatchResult]) -> dict[str, list[PatchResult]]:
 
 
 def _worker_setup(tasks: list[PatchResult]) -> tuple[float, float] | None:
-    """(process start, ready) of a worker: ready is the engine's mark, else its first task's start."""
+    """(start, ready) of a worker: its process's start (or, if it waited for the first task, when it
+    stopped waiting), and the engine's mark, else its first task's start."""
     first = tasks[0].timing
     assert first is not None
     if first.worker_start is None:
         return None
+    start = max(first.worker_start, first.worker_released or first.worker_start)
     ready = first.worker_ready if first.worker_ready is not None else first.started
-    return first.worker_start, max(first.worker_start, ready or first.worker_start)
+    return start, max(start, ready or start)
 
 
 def breakdown(results: Sequence[PatchResult], phases: Phases | None = None) -> dict[str, float | int | None]:

@@ -107,9 +107,11 @@ def process_start_time() -> float | None:
     return _PROCESS["start"]
 
 
-def mark_ready() -> None:
-    """Record that this worker process is set up (the local engine's initializer calls it)."""
+def mark_ready(released: float | None = None) -> None:
+    """Record that this worker process is set up (the local engine's initializer calls it); ``released``:
+    when it stopped waiting for the first task and began its imports, if it waited."""
     _PROCESS["ready"] = time.time()
+    _PROCESS["released"] = released
 
 
 def compilation_cache_dir() -> Path | None:
@@ -212,7 +214,8 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
         "backend": task["backend"],
         "worker": worker_id(),
     }
-    timing: dict[str, Any] = {"started": started, "worker_start": process_start_time(), "worker_ready": _PROCESS["ready"]}
+    timing: dict[str, Any] = {"started": started, "worker_start": process_start_time(), "worker_ready": _PROCESS["ready"],
+                              "worker_released": _PROCESS.get("released")}
     background = _background(digest, task.get("background"))
     if background is None and task.get("staged"):
         try:
