@@ -187,32 +187,23 @@ def _entries(theta: jax.Array, m: Prepared) -> tuple[jax.Array, jax.Array]:
 
     ``g`` is the normsys factor (code4) times the parameter itself where it multiplies the
     cell (normfactor, lumi, staterror, shapesys, shapefactor). Each entry depends on its
-    own parameter only, which `_derivatives` relies on.
+    own parameter only, which `_derivatives` relies on. The values of
+    `_entries_and_derivatives`: one copy of the interpolation code (compiled, the unused
+    derivatives are dropped).
     """
-    a = theta[:, None]
-    # code4p, as pyhf.interpolators.code4p
-    a2 = a * a
-    inside = a2 * (a2 * (a2 * 3.0 - 10.0) + 15.0) * m.hs_a + a * m.hs_s
-    delta = jnp.where(a < -1.0, a * m.hs_dn, jnp.where(a > 1.0, a * m.hs_up, inside))
-    # code4, as pyhf.interpolators.code4 (alpha0 = 1); power() only on positive bases
-    c = m.ns_coef
-    poly = 1.0 + a * (c[0] + a * (c[1] + a * (c[2] + a * (c[3] + a * (c[4] + a * c[5])))))
-    interior = (a > -1.0) & (a < 1.0)
-    log_base = jnp.where(interior, 0.0, jnp.where(a >= 1.0, m.ns_log_hi, m.ns_log_lo))
-    normsys = jnp.where(interior, poly, jnp.exp(jnp.abs(a) * log_base))  # base ** |a|
-    g = normsys * jnp.where(m.lin, a, 1.0)
-    return delta, g
+    return _entries_and_derivatives(theta, m)[0]
 
 
 def _entries_and_derivatives(theta: jax.Array, m: Prepared):
-    """`_entries` and their first and second derivatives by their own parameter.
+    """The entries (`_entries`: code4p, code4 as pyhf.interpolators, alpha0 = 1) and their first and
+    second derivatives by their own parameter.
 
-    Written out piece by piece (the same branches as `_entries`): this compiles much faster
-    than nested ``jax.jvp`` and is checked against autodiff in the tests.
+    Written out piece by piece: this compiles much faster than nested ``jax.jvp``, and is
+    checked against autodiff of the entries in the tests.
     """
     a = theta[:, None]
     a2 = a * a
-    # code4p
+    # code4p, as pyhf.interpolators.code4p
     up, dn, S, A4 = m.hs_up, m.hs_dn, m.hs_s, m.hs_a
     inside = a2 * (a2 * (a2 * 3.0 - 10.0) + 15.0) * A4 + a * S
     inside1 = a * (a2 * (a2 * 18.0 - 40.0) + 30.0) * A4 + S
@@ -221,7 +212,7 @@ def _entries_and_derivatives(theta: jax.Array, m: Prepared):
     delta = jnp.where(low, a * dn, jnp.where(high, a * up, inside))
     delta1 = jnp.where(low, dn, jnp.where(high, up, inside1))
     delta2 = jnp.where(low | high, 0.0, inside2)
-    # code4
+    # code4, as pyhf.interpolators.code4 (alpha0 = 1)
     c = m.ns_coef
     poly = 1.0 + a * (c[0] + a * (c[1] + a * (c[2] + a * (c[3] + a * (c[4] + a * c[5])))))
     poly1 = c[0] + a * (2.0 * c[1] + a * (3.0 * c[2] + a * (4.0 * c[3] + a * (5.0 * c[4] + a * 6.0 * c[5]))))
