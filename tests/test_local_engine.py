@@ -44,7 +44,7 @@ INIT = "import os, pathlib; pathlib.Path(os.environ['FAASCTL_TEST_DIR'], f'{os.g
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no worker waits")
 def test_with_a_worker_per_core_the_last_starts_at_the_first_task(tmp_path):
     """The caller reads the pallet meanwhile: a worker per core less one get ready first."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = os.cpu_count()
     init = functools.partial(exec, INIT, {})
     with local_executor(cores, env={"FAASCTL_TEST_DIR": str(tmp_path)}, initializer=init, warm=None) as ex:
         deadline = time.monotonic() + 60

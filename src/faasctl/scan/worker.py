@@ -45,7 +45,7 @@ MAX_BACKGROUNDS = 4
 CACHE_ENV = "FAASCTL_JAX_CACHE"
 
 # this process: when it started and got ready (initializer of the local engine), wall clock
-_PROCESS: dict[str, float | None] = {"start": None, "ready": None, "frozen": None}
+_PROCESS: dict[str, float | None] = {"start": None, "ready": None, "released": None, "frozen": None}
 _cache_checked = False
 
 # digest -> background spec, least recently used first
@@ -215,7 +215,7 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
         "worker": worker_id(),
     }
     timing: dict[str, Any] = {"started": started, "worker_start": process_start_time(), "worker_ready": _PROCESS["ready"],
-                              "worker_released": _PROCESS.get("released")}
+                              "worker_released": _PROCESS["released"]}
     background = _background(digest, task.get("background"))
     if background is None and task.get("staged"):
         try:
