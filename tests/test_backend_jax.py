@@ -176,11 +176,11 @@ def test_compiled_once_for_all_patches(engine, example):
     """After the first patch, further patches trace (compile) nothing new."""
     patches = list(example.patches.values())
     engine.hypotest(example.background, example.digest, patches[0])
-    before = dict(jax_backend.TRACES)
+    before = dict(jax_backend.TRACES), dict(jax_backend.LOADS)
     for patch in patches[1:]:
         engine.hypotest(example.background, example.digest, patch)
-    assert dict(jax_backend.TRACES) == before
-    assert before["hypotest"] >= 1
+    assert (dict(jax_backend.TRACES), dict(jax_backend.LOADS)) == before
+    assert before[0].get("hypotest", 0) + before[1].get("hypotest", 0) >= 1, "compiled, or loaded compiled"
 
 
 def test_x64_does_not_leak(engine, example):
@@ -452,3 +452,80 @@ def test_worker_runtime_has_one_xla_thread_per_worker(threads):
     else:
         assert seen["pool"] == len(seen["allowed"])  # XLA's own choice: the test's control
     assert seen["masks"] == [seen["allowed"]]
+
+
+# --- compiled engines kept between processes (`engine_cache_dir`) ------------------------------
+
+ENGINE_PROBE = """
+import json, sys
+from faasctl.scan import worker
+from faasctl.backends import jax as jax_backend
+from faasctl.pallets.load import load_pallet
+pallet = load_pallet(sys.argv[1])
+patch = pallet.patches["grid_500_0"]
+record = worker.fit_patch({"digest": pallet.digest, "background": pallet.background, "backend": "jax",
+                           "patch": {"name": patch.name, "values": list(patch.values), "operations": patch.operations}})
+seen = {"linalg": "scipy.linalg" in sys.modules}  # the engine's LAPACK came without all of scipy.linalg
+import scipy.linalg, scipy.linalg.cython_lapack  # ... and scipy.linalg imports as ever afterwards
+assert scipy.linalg.cython_lapack.__pyx_capi__ and scipy.linalg.cho_solve(scipy.linalg.cho_factor([[4.0]]), [2.0]) == 0.5
+folder = jax_backend.engine_cache_dir()
+print(json.dumps({**seen, "status": record["status"], "cls_obs": record.get("cls_obs"), "compiled": record["timing"]["compiled"],
+                  "traces": jax_backend.TRACES["hypotest"], "loads": jax_backend.LOADS["hypotest"],
+                  "files": sorted(p.name for p in folder.iterdir()) if folder and folder.is_dir() else None}))
+"""
+
+
+def _engine_probe(example_pallet, **env):
+    env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    out = subprocess.run([sys.executable, "-c", ENGINE_PROBE, str(example_pallet)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_engine_cache_folder_is_keyed_by_versions(monkeypatch, tmp_path):
+    from importlib import metadata
+
+    monkeypatch.setenv("FAASCTL_JAX_CACHE", str(tmp_path))
+    versions = f"jax-{metadata.version('jax')}-jaxlib-{metadata.version('jaxlib')}"
+    assert jax_backend.engine_cache_dir() == tmp_path / versions
+    monkeypatch.delenv("FAASCTL_JAX_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert jax_backend.engine_cache_dir() == tmp_path / "xdg" / "faasctl" / "jax" / versions
+    for off in ("0", "off", ""):
+        monkeypatch.setenv("FAASCTL_JAX_CACHE", off)
+        assert jax_backend.engine_cache_dir() is None
+    monkeypatch.delenv("FAASCTL_JAX_CACHE")
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax"))
+    try:
+        assert jax_backend.engine_cache_dir() is None, "the user's own JAX cache is left to JAX"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+
+
+def test_engine_is_compiled_once_then_loaded_compiled(example_pallet, tmp_path):
+    """A process compiles the engine and leaves it in the cache folder; the next loads it compiled
+    (no tracing, no lowering) and computes the same CLs; a damaged file is compiled again and
+    replaced. No process imports all of scipy.linalg for the engine's LAPACK."""
+    env = {"FAASCTL_JAX_CACHE": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": None}
+    first = _engine_probe(example_pallet, **env)
+    assert (first["status"], first["compiled"], first["traces"], first["loads"]) == ("ok", True, 1, 0)
+    assert len(first["files"]) == 1 and first["files"][0].startswith("hypotest-")
+    second = _engine_probe(example_pallet, **env)
+    assert (second["status"], second["compiled"], second["traces"], second["loads"]) == ("ok", True, 0, 1)
+    assert second["cls_obs"] == first["cls_obs"] and second["files"] == first["files"]
+    [kept] = (tmp_path).glob("*/hypotest-*.bin")
+    kept.write_bytes(kept.read_bytes()[:1000])
+    damaged = _engine_probe(example_pallet, **env)
+    assert (damaged["traces"], damaged["loads"], damaged["cls_obs"]) == (1, 0, first["cls_obs"])
+    assert _engine_probe(example_pallet, **env)["loads"] == 1, "the damaged file was replaced"
+    assert not any(p["linalg"] for p in (first, second, damaged))
+
+
+def test_engine_cache_is_harmless_when_unusable(example_pallet, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unusable = _engine_probe(example_pallet, FAASCTL_JAX_CACHE=str(blocker), JAX_COMPILATION_CACHE_DIR=None)
+    assert (unusable["status"], unusable["compiled"], unusable["traces"], unusable["files"]) == ("ok", True, 1, None)
+    off = _engine_probe(example_pallet, FAASCTL_JAX_CACHE="0", JAX_COMPILATION_CACHE_DIR=None)
+    assert (off["status"], off["traces"], off["cls_obs"]) == ("ok", 1, unusable["cls_obs"])

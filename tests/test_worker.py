@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-from pathlib import Path
 
 import pytest
 
@@ -86,53 +85,3 @@ def test_worker_info_names_versions():
     assert info["pyhf"] == "0.7.6" and info["numpy"] and info["worker"]
 
 
-# --- JAX's persistent compilation cache --------------------------------------------------------
-
-CACHE_PROBE = """
-import json, sys
-from faasctl.scan import worker
-from faasctl.pallets.load import load_pallet
-folder = worker.enable_compilation_cache()
-pallet = load_pallet(sys.argv[1])
-patch = pallet.patches["grid_500_0"]
-record = worker.fit_patch({"digest": pallet.digest, "background": pallet.background, "backend": "jax",
-                           "patch": {"name": patch.name, "values": list(patch.values), "operations": patch.operations}})
-print(json.dumps({"folder": folder and str(folder), "status": record["status"], "compiled": record["timing"]["compiled"]}))
-"""
-
-
-def _probe(example_pallet, **env):
-    import json
-    import os
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(example_pallet)], capture_output=True, text=True,
-                         env={k: v for k, v in {**os.environ, **env}.items() if v is not None}, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_compilation_cache_folder_is_keyed_by_versions(monkeypatch, tmp_path):
-    from importlib import metadata
-
-    monkeypatch.setenv("FAASCTL_JAX_CACHE", str(tmp_path))
-    versions = f"jax-{metadata.version('jax')}-jaxlib-{metadata.version('jaxlib')}"
-    assert worker.compilation_cache_dir() == tmp_path / versions
-    monkeypatch.delenv("FAASCTL_JAX_CACHE")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert worker.compilation_cache_dir() == tmp_path / "xdg" / "faasctl" / "jax" / versions
-    for off in ("0", "off", ""):
-        monkeypatch.setenv("FAASCTL_JAX_CACHE", off)
-        assert worker.compilation_cache_dir() is None
-
-
-def test_compilation_cache_is_written_and_harmless_when_unusable(example_pallet, tmp_path):
-    pytest.importorskip("jax")
-    used = _probe(example_pallet, FAASCTL_JAX_CACHE=str(tmp_path / "cache"), JAX_COMPILATION_CACHE_DIR=None)
-    assert used["status"] == "ok" and used["compiled"] is True
-    assert used["folder"] and any(Path(used["folder"]).iterdir()), "the compiled engine is in the cache"
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    unusable = _probe(example_pallet, FAASCTL_JAX_CACHE=str(blocker), JAX_COMPILATION_CACHE_DIR=None)
-    assert unusable == {"folder": None, "status": "ok", "compiled": True}

@@ -8,7 +8,9 @@ How one patch is computed:
    constraints, auxiliary data) with everything patch-specific as array *values*.
 2. The arrays go to functions compiled with ``jax.jit`` once per array *shape* (parameters,
    cells, bins, padded so all patches of a pallet normally share one shape) and kept warm
-   for the life of the process (`TRACES` counts the compilations).
+   for the life of the process (`TRACES` counts the compilations); the compiled program is
+   kept in the user's cache folder too, and later processes load it compiled (`_engine`,
+   `engine_cache_dir`; `LOADS` counts those).
 3. The bounded fits of the NLL that pyhf's ``AsymptoticCalculator`` with ``qtilde`` does
    (POI fixed at 0 for the Asimov data; POI at 1 and free on the observed and on the
    Asimov data), all from pyhf's suggested init, in one compiled call (`_hypotest`); the
@@ -45,11 +47,18 @@ default precision.
 from __future__ import annotations
 
 import collections
+import hashlib
+import importlib.machinery
+import importlib.util
 import logging
 import math
 import os
+import pickle
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -72,7 +81,8 @@ from faasctl.study import MODIFIER_SETTINGS
 from faasctl.pallets.load import Patch
 from faasctl.pallets.patching import apply_patch
 
-__all__ = ["JaxBackend", "FitNotConverged", "backend", "TRACES", "cls_from_teststats", "start_runtime"]
+__all__ = ["JaxBackend", "FitNotConverged", "backend", "TRACES", "LOADS", "cls_from_teststats", "start_runtime",
+           "engine_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +120,7 @@ def start_runtime() -> None:
     positive number), or on a system without CPU affinity, JAX starts as it would; a runtime
     already started is left as it is.
     """
+    _initialize_lapack()
     setting = os.environ.get(CPU_THREADS_ENV, "")
     threads = int(setting) if setting.strip().isdigit() else 0
     allowed = os.sched_getaffinity(0) if threads > 0 and hasattr(os, "sched_getaffinity") else set()
@@ -125,6 +136,64 @@ def start_runtime() -> None:
                 os.sched_setaffinity(int(task), allowed)
             except OSError:  # a thread that ended meanwhile
                 pass
+
+
+def _initialize_lapack() -> bool:
+    """Give jaxlib its LAPACK kernels now, without importing all of ``scipy.linalg``; whether it has them.
+
+    jaxlib's CPU kernels for the engine's Cholesky solve call LAPACK through the function
+    pointers that ``scipy.linalg.cython_blas`` and ``cython_lapack`` export. jaxlib takes them
+    when it lowers a program that needs them (never, for an engine loaded compiled: `_engine`),
+    importing the two by name, which imports all of ``scipy.linalg``: 0.2-0.35 s of a worker's
+    start, more than lowering the engine, for nothing else the engine uses. So the two are loaded
+    from their files for as long as jaxlib takes the pointers (once per process), then left to
+    Python's import system again: a later ``import scipy.linalg`` imports them as ever. Where they
+    are not in scipy's folder (or scipy.linalg is imported already) jaxlib imports them itself.
+    """
+    global _LAPACK_READY
+    if _LAPACK_READY:
+        return True
+    try:
+        from jaxlib import lapack
+
+        initialize = lapack._lapack.initialize
+    except (ImportError, AttributeError):
+        return False
+    loaded: list[str] = []
+    try:
+        if "scipy.linalg" not in sys.modules:
+            _load_lapack_modules(loaded)
+    except Exception:  # noqa: BLE001 - what is not loaded jaxlib imports
+        log.debug("scipy's LAPACK modules not loaded from their files", exc_info=True)
+    try:
+        initialize()
+        _LAPACK_READY = True
+    except Exception:  # noqa: BLE001 - then jaxlib does it when it lowers the engine
+        log.debug("jaxlib's LAPACK kernels not initialized", exc_info=True)
+    finally:
+        for name in loaded:
+            sys.modules.pop(name, None)
+    return _LAPACK_READY
+
+
+def _load_lapack_modules(loaded: list[str]) -> None:
+    """Load scipy's ``cython_blas`` and ``cython_lapack`` from their files into ``sys.modules``, naming
+    each in ``loaded``; ``scipy.linalg`` itself is not imported (``scipy`` is: it is small)."""
+    scipy = importlib.util.find_spec("scipy")  # finds the package without running it
+    if scipy is None or not scipy.submodule_search_locations:
+        return
+    folder = Path(list(scipy.submodule_search_locations)[0]) / "linalg"
+    for name in ("cython_blas", "cython_lapack"):
+        path = next(folder / f"{name}{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                    if (folder / f"{name}{suffix}").is_file())
+        spec = importlib.util.spec_from_file_location(f"scipy.linalg.{name}", path)
+        assert spec is not None and spec.loader is not None
+        sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
+        loaded.append(spec.name)
+        spec.loader.exec_module(module)
+
+
+_LAPACK_READY = False
 
 
 class FitNotConverged(FaasctlError):
@@ -436,6 +505,113 @@ _jit_nll = jax.jit(lambda theta, m, data, aux: _nll(theta, m, data, aux))
 _jit_derivatives = jax.jit(lambda theta, m, data, aux: _derivatives(theta, m, data, aux))
 
 
+#: Set to ``0`` to keep no compiled engines between processes; to a folder to keep them there (`engine_cache_dir`).
+CACHE_ENV = "FAASCTL_JAX_CACHE"
+#: Engines (`_hypotest` compiled) of this process, by the layout of their arguments (`_engine`).
+_ENGINES: dict[tuple, Any] = {}
+#: Times an engine was loaded compiled from `engine_cache_dir` in this process (`TRACES`: compiled).
+LOADS: collections.Counter[str] = collections.Counter()
+
+
+def engine_cache_dir() -> Path | None:
+    """Where compiled engines are kept for later processes, a folder per JAX version.
+
+    ``$FAASCTL_JAX_CACHE`` if set (``0``, ``off`` or empty: nowhere), else
+    ``$XDG_CACHE_HOME/faasctl/jax/jax-<jax>-jaxlib-<jaxlib>`` (``~/.cache`` without XDG). None
+    where the user set a folder for JAX's own persistent cache (``JAX_COMPILATION_CACHE_DIR``):
+    an engine JAX loaded from there serializes without its machine code, so it cannot be kept.
+    The files are programs: the folder must be the user's own, as JAX's cache is.
+    """
+    setting = os.environ.get(CACHE_ENV)
+    if setting is not None and setting.strip().lower() in ("", "0", "off", "false", "no"):
+        return None
+    if jax.config.jax_compilation_cache_dir:
+        return None
+    from jaxlib.version import __version__ as jaxlib_version
+
+    versions = f"jax-{jax.__version__}-jaxlib-{jaxlib_version}"
+    if setting:
+        return Path(setting).expanduser() / versions
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "faasctl" / "jax" / versions
+
+
+def _engine(args: tuple) -> Any:
+    """`_hypotest` compiled for the layout (types, shapes, dtypes) of ``args``, once per process.
+
+    Loaded compiled from `engine_cache_dir` where an earlier process left it, else traced, lowered
+    and compiled, and left there. Loading skips tracing and lowering (1Lbb: ~0.5 s of a worker's
+    start), which JAX's persistent cache cannot: its key is the lowered program. Call inside
+    ``jax.enable_x64(True)``.
+    """
+    layout = tuple((type(x).__name__, np.shape(x), np.result_type(x).str) for x in args)
+    engine = _ENGINES.get(layout)
+    if engine is None:
+        folder = engine_cache_dir()
+        path = folder / f"hypotest-{_engine_key(layout)}.bin" if folder else None
+        engine = _load_engine(path) if path and _initialize_lapack() else None
+        if engine is None:
+            engine = _compile_engine(args, path)
+        _ENGINES[layout] = engine
+    return engine
+
+
+def _engine_key(layout: tuple) -> str:
+    """What a compiled engine depends on: JAX, XLA's flags, the device and the host CPU's features
+    (a node of another CPU type may share the cache folder), this module's code and the layout."""
+    from jaxlib.version import __version__ as jaxlib_version
+
+    device = jax.devices()[0]
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line for line in info if line.startswith(("flags", "Features"))), "")
+    except OSError:  # not Linux: the machine's type at least
+        import platform
+
+        cpu = platform.machine()
+    parts = (jax.__version__, jaxlib_version, device.platform, device.device_kind, device.client.platform_version,
+             os.environ.get("XLA_FLAGS", ""), cpu, repr(layout))
+    return hashlib.sha256("\n".join(parts).encode() + Path(__file__).read_bytes()).hexdigest()[:32]
+
+
+def _load_engine(path: Path) -> Any | None:
+    """The engine compiled in ``path``, or None (no such file, or one this process cannot use)."""
+    from jax.experimental import serialize_executable
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        engine = serialize_executable.deserialize_and_load(*pickle.loads(data))  # noqa: S301 - the user's own cache
+    except Exception as err:  # noqa: BLE001 - then it is compiled again
+        log.info("compiled engine %s not usable, compiling it: %s", path, err)
+        return None
+    LOADS["hypotest"] += 1
+    return engine
+
+
+def _compile_engine(args: tuple, path: Path | None) -> Any:
+    """`_hypotest` compiled for ``args``, and left in ``path`` (where writable) for later processes."""
+    from jax.experimental import serialize_executable
+
+    engine = _jit_hypotest.lower(*args).compile()
+    if path is None:
+        return engine
+    part = None
+    try:
+        data = pickle.dumps(serialize_executable.serialize(engine))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".part", delete=False) as part:
+            part.write(data)
+        os.replace(part.name, path)  # whole or not at all, for workers that load it meanwhile
+    except Exception as err:  # noqa: BLE001 - a cache that cannot be written only costs the next compile
+        log.info("compiled engine not kept in %s: %s", path.parent, err)
+        if part is not None:
+            Path(part.name).unlink(missing_ok=True)
+    return engine
+
+
 def prepare(arrays: ModelArrays) -> Prepared:
     """Send one patch's arrays to the device (call inside ``jax.enable_x64(True)``)."""
     a = arrays
@@ -547,8 +723,9 @@ class JaxBackend(Backend):
         """The fits and the CLs values of one patch (raises `FitNotConverged`)."""
         a = arrays
         with jax.enable_x64(True):
-            stacked = _jit_hypotest(a.nom, a.bin_index, a.hs_up, a.hs_dn, a.ns_hi, a.ns_lo, a.lin, a.gauss, a.sigma,
-                                    a.pois, a.tau, a.lower, a.upper, a.data, a.aux, a.init, a.fixed, a.poi)
+            args = (a.nom, a.bin_index, a.hs_up, a.hs_dn, a.ns_hi, a.ns_lo, a.lin, a.gauss, a.sigma, a.pois, a.tau,
+                    a.lower, a.upper, a.data, a.aux, a.init, a.fixed, a.poi)
+            stacked = _engine(args)(*args)
             stacked = FitResult(*(np.asarray(v) for v in stacked))
         poi = a.poi
         runs = [(name, FitResult(*(v[i] for v in stacked))) for i, name in enumerate(RESULTS)]

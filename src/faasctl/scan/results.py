@@ -74,7 +74,7 @@ class TaskTiming(BaseModel):
     worker_released: float | None = Field(
         default=None, description="worker: it stopped waiting for the first task and began its imports (local engine)")
     setup: float | None = Field(default=None, description="seconds the task spent importing the backend")
-    compiled: bool | None = Field(default=None, description="the fit compiled the engine (first of a model layout)")
+    compiled: bool | None = Field(default=None, description="the fit made the engine: compiled it, or loaded it compiled (first of a model layout in a worker)")
 
 
 class PatchResult(BaseModel):

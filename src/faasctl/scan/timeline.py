@@ -9,7 +9,8 @@ the workers' clocks are the same, on a cluster they differ by the nodes' clock o
 its process started (the local engine's last worker waits for the first task: its lane starts
 then); the time until it was ready (set up by the local engine: imports, JAX) or, elsewhere,
 until its first task started, is drawn as *start + imports*; then each task
-is a bar: *compile* for a fit that compiled the engine, *fit* for the others.
+is a bar: *compile* for a fit that compiled the engine (or loaded it compiled: the worker's first
+of a model layout), *fit* for the others.
 """
 
 from __future__ import annotations
@@ -103,10 +104,10 @@ def breakdown(results: Sequence[PatchResult], phases: Phases | None = None) -> d
     ``wall`` runs from the first phase (or the first submission) to the last phase's end (or
     the last result); ``first_result`` from that start to the first result received.
     ``engine_start``: from the engine's start to the first worker process; ``worker_import``:
-    a worker process's start to ready (median); ``compile``: the fits that compiled, less a
-    plain fit (median); ``fit``: a plain fit (median); ``fits``: the seconds of fitting on all
-    workers, compilation not counted; ``tail``: from the last result to the end; ``overhead``: median round trip less
-    the time on the worker.
+    a worker process's start to ready (median); ``compile``: the fits that compiled (or loaded
+    the compiled engine), less a plain fit (median); ``fit``: a plain fit (median); ``fits``: the
+    seconds of fitting on all workers, compilation not counted; ``tail``: from the last result to
+    the end; ``overhead``: median round trip less the time on the worker.
     """
     spans = phases.spans if phases is not None else {}
     timed = [r for r in results if r.timing is not None and r.timing.received is not None]

@@ -16,9 +16,9 @@ lost workers and tasks (infrastructure) surface as exceptions, which executors m
 Each record carries the worker's side of the task's timing (``timing``: when it started and
 finished on the worker's clock, when the worker process started and got ready, the seconds
 spent importing the backend, whether the fit compiled the engine); the client adds its side
-(`faasctl.scan.client`). JAX's persistent compilation cache is switched on before the first
-compilation (`enable_compilation_cache`), so a worker compiles each model layout once per
-machine and JAX version instead of once per process.
+(`faasctl.scan.client`). The jax backend keeps the engine it compiles for a model layout in the
+user's cache folder (`faasctl.backends.jax.engine_cache_dir`), so a worker compiles each layout
+once per machine and JAX version instead of once per process.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fit_patch", "freeze_heap", "noop", "worker_info", "warm_up", "mark_ready", "process_start_time", "enable_compilation_cache",
-           "compilation_cache_dir", "NEED_BACKGROUND", "MAX_BACKGROUNDS"]
+__all__ = ["fit_patch", "freeze_heap", "noop", "worker_info", "warm_up", "mark_ready", "process_start_time",
+           "NEED_BACKGROUND", "MAX_BACKGROUNDS"]
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,8 @@ NEED_BACKGROUND = "need-background"
 #: Backgrounds a worker keeps (the ones used last); a scan needs one.
 MAX_BACKGROUNDS = 4
 
-#: Set to ``0`` to keep JAX's persistent compilation cache off; to a folder to put it there.
-CACHE_ENV = "FAASCTL_JAX_CACHE"
-
 # this process: when it started and got ready (initializer of the local engine), wall clock
 _PROCESS: dict[str, float | None] = {"start": None, "ready": None, "released": None, "frozen": None}
-_cache_checked = False
 
 # digest -> background spec, least recently used first
 _BACKGROUNDS: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
@@ -114,81 +110,22 @@ def mark_ready(released: float | None = None) -> None:
     _PROCESS["released"] = released
 
 
-def compilation_cache_dir() -> Path | None:
-    """Where JAX's persistent compilation cache goes, keyed by the versions that make its entries.
-
-    ``$FAASCTL_JAX_CACHE`` if set (``0``, ``off`` or empty: no cache), else
-    ``$XDG_CACHE_HOME/faasctl/jax/jax-<jax>-jaxlib-<jaxlib>`` (``~/.cache`` without XDG).
-    """
-    setting = os.environ.get(CACHE_ENV)
-    if setting is not None and setting.strip().lower() in ("", "0", "off", "false", "no"):
-        return None
-    from importlib import metadata
-
-    versions = "-".join(f"{d}-{_version(metadata, d)}" for d in ("jax", "jaxlib"))
-    if setting:
-        return Path(setting).expanduser() / versions
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "faasctl" / "jax" / versions
-
-
-def _version(metadata: Any, dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "none"
-
-
-def enable_compilation_cache() -> Path | None:
-    """Switch JAX's persistent compilation cache on (once per process, before compiling).
-
-    Does nothing where JAX is not installed, where the user configured the cache already
-    (``JAX_COMPILATION_CACHE_DIR``), where it is switched off (`CACHE_ENV`), or where the
-    folder cannot be made writable: a cache that cannot be written only costs the compile.
-    """
-    global _cache_checked
-    if _cache_checked:
-        return None
-    _cache_checked = True
-    import importlib.util
-
-    if importlib.util.find_spec("jax") is None or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return None
-    folder = compilation_cache_dir()
-    if folder is None:
-        return None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(f"{folder} is not writable")
-    except OSError as err:
-        log.info("JAX compilation cache off: %s", err)
-        return None
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    # the engine compiles in ~1-2 s; keep every compilation, not only those over 1 s
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    return folder
-
-
 def warm_up(backend: str) -> None:
     """Import ``backend`` and start its runtime, so the first task does not pay for it."""
     from faasctl.backends import get_backend
 
-    if backend in ("jax", "auto"):
-        enable_compilation_cache()
     try:
         get_backend(backend)  # the jax backend starts JAX's runtime (`faasctl.backends.jax.start_runtime`)
     except Exception as err:  # noqa: BLE001 - the first task reports it as a failed fit
         log.warning("warming up backend %s failed: %s", backend, err)
 
 
-def _traces() -> int:
+def _engines() -> int:
+    """Engines the jax backend compiled or loaded compiled in this process."""
     import sys
 
-    module = sys.modules.get("faasctl.backends.jax")
-    return sum(module.TRACES.values()) if module is not None else 0
+    module = sys.modules.get("faasctl.backends.jax")  # maybe still being imported by another thread
+    return sum(getattr(module, "TRACES", {}).values()) + sum(getattr(module, "LOADS", {}).values())
 
 
 def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
@@ -226,11 +163,9 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
         return {**record, "status": NEED_BACKGROUND, "staged": bool(task.get("staged")),
                 "timing": {**timing, "finished": time.time()}}
 
-    traces = _traces()
+    engines = _engines()
     start = time.perf_counter()
     try:
-        if task["backend"] in ("jax", "auto"):
-            enable_compilation_cache()
         backend = get_backend(task["backend"])
         timing["setup"] = time.perf_counter() - start  # imports, on a worker's first task
         start = time.perf_counter()
@@ -248,7 +183,7 @@ def fit_patch(task: dict[str, Any]) -> dict[str, Any]:
         record.update(status="failed", error=f"{type(err).__name__}: {err}".strip())
         record["traceback"] = traceback.format_exc(limit=4)
     record["fit_time"] = time.perf_counter() - start
-    timing["compiled"] = _traces() > traces
+    timing["compiled"] = _engines() > engines
     if timing["compiled"] or not _PROCESS.get("frozen"):
         freeze_heap()
         _PROCESS["frozen"] = time.time()
