@@ -8,8 +8,8 @@ For each pallet (default: 1Lbb and staus from ../shared/pallets, and examples/si
 * **pyhf jax**: pyhf's own jax backend, the same test (what a user would pick instead), per patch
   after its first;
 * **faasctl fit**: the process wall of ``faasctl fit PALLET --workers N --timeline`` in a subprocess
-  (interpreter start to exit), first with an empty JAX compilation cache (*cold*) and then again
-  with the cache it left (*warm*, what every later run gets), with the time to the first result
+  (interpreter start to exit), first with an empty engine cache (*cold*: the workers compile) and
+  then again with the compiled engine it left (*warm*, what every later run gets), with the time to the first result
   and the breakdown the run wrote to timeline.json: imports, pallet read, engine start, worker
   import, compile, fits, tail; and whether every CLs agrees with the committed pyhf reference
   (tests/data/reference/<pallet>.json) where there is one.
@@ -45,7 +45,10 @@ PALLETS = {
     "staus": ROOT.parent / "shared" / "pallets" / "staus",
     "simple": ROOT / "examples" / "simple",
 }
-FAASCTL = [sys.executable, "-m", "faasctl.cli"]
+#: The ``faasctl`` console script beside this interpreter, as a user runs it (its local workers run it
+#: again as their ``__main__``, which ``python -m faasctl.cli`` would not show)
+SCRIPT = Path(sys.executable).parent / "faasctl"
+FAASCTL = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "faasctl.cli"]
 
 PYHF_SCRIPT = """
 import json, sys, time

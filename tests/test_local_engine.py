@@ -41,6 +41,22 @@ def test_workers_get_the_worker_env_and_run_the_initializer():
 INIT = "import os, pathlib; pathlib.Path(os.environ['FAASCTL_TEST_DIR'], f'{os.getpid()}.init').touch()"
 
 
+MAIN_AGAIN = """
+import runpy, sys
+runpy.run_path(sys.argv[1], run_name="__mp_main__")  # what a spawned worker does with its parent's __main__
+print(sorted(m for m in ("typer", "rich", "faasctl.cli.main") if m in sys.modules))
+"""
+
+
+def test_workers_run_the_console_script_without_the_cli():
+    """Spawned workers run their parent's ``__main__`` file again before anything else: for the
+    ``faasctl`` console script that must not import the typer app and its commands."""
+    script = Path(sys.executable).parent / "faasctl"
+    assert script.is_file(), f"no console script beside {sys.executable}: install the project (make test does)"
+    out = subprocess.run([sys.executable, "-c", MAIN_AGAIN, str(script)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]"]
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no worker waits")
 def test_with_a_worker_per_core_the_last_starts_at_the_first_task(tmp_path):
     """The caller reads the pallet meanwhile: a worker per core less one get ready first."""
