@@ -77,7 +77,8 @@ def test_timeout_must_be_positive_and_finite(example_pallet, tmp_path, value):
 
 
 def test_default_timeout_is_bounded():
-    from faasctl.scan.client import DEFAULT_TIMEOUT, FitClient
+    from faasctl.scan.client import FitClient
+    from faasctl.study import DEFAULT_TIMEOUT
 
     assert FitClient(executor=None).timeout == DEFAULT_TIMEOUT  # type: ignore[arg-type]
     assert 0 < DEFAULT_TIMEOUT < float("inf")

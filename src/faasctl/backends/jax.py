@@ -569,9 +569,15 @@ def _engine_key(layout: tuple) -> str:
         import platform
 
         cpu = platform.machine()
+    try:
+        code = Path(__file__).read_bytes()
+    except OSError:  # not a plain file (in a zip): the release then
+        from faasctl import __version__
+
+        code = __version__.encode()
     parts = (jax.__version__, jaxlib_version, device.platform, device.device_kind, device.client.platform_version,
              os.environ.get("XLA_FLAGS", ""), cpu, repr(layout))
-    return hashlib.sha256("\n".join(parts).encode() + Path(__file__).read_bytes()).hexdigest()[:32]
+    return hashlib.sha256("\n".join(parts).encode() + code).hexdigest()[:32]
 
 
 def _load_engine(path: Path) -> Any | None:

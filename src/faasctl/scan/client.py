@@ -66,7 +66,7 @@ from faasctl.scan.results import PatchResult, TaskTiming
 from faasctl.scan.staging import INLINE_LIMIT, STAGE_ENV, chunks, needs_staging, stage_chunk
 from faasctl.scan.worker import NEED_BACKGROUND, fit_patch
 
-__all__ = ["FitClient", "TaskFunction", "run_batch", "error_text", "DEFAULT_TIMEOUT"]
+__all__ = ["FitClient", "TaskFunction", "run_batch"]
 
 log = logging.getLogger(__name__)
 

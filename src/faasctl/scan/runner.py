@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from faasctl.pallets.load import Pallet, Patch, load_pallet
-from faasctl.scan.client import DEFAULT_TIMEOUT, FitClient
+from faasctl.scan.client import FitClient
 from faasctl.scan.results import PatchResult, ResultStore, patch_digest
-from faasctl.study import DEFAULT_BACKEND, MODIFIER_SETTINGS, POI_TEST, TEST_STAT
+from faasctl.study import DEFAULT_BACKEND, DEFAULT_TIMEOUT, MODIFIER_SETTINGS, POI_TEST, TEST_STAT
 
 __all__ = ["Scan", "check_patches", "checked_digests", "run_scan", "pallet_record", "default_out", "computation_settings"]
 

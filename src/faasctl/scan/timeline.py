@@ -107,7 +107,8 @@ def breakdown(results: Sequence[PatchResult], phases: Phases | None = None) -> d
     a worker process's start to ready (median); ``compile``: the fits that compiled (or loaded
     the compiled engine), less a plain fit (median); ``fit``: a plain fit (median); ``fits``: the
     seconds of fitting on all workers, compilation not counted; ``tail``: from the last result to
-    the end; ``overhead``: median round trip less the time on the worker.
+    the end; ``overhead``: median round trip less the time on the worker (mostly the wait in the
+    executor's queue: `FitClient` queues tasks ahead of the workers on purpose).
     """
     spans = phases.spans if phases is not None else {}
     timed = [r for r in results if r.timing is not None and r.timing.received is not None]
