@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -504,18 +505,29 @@ def test_engine_cache_folder_is_keyed_by_versions(monkeypatch, tmp_path):
 
 
 def test_engine_is_compiled_once_then_loaded_compiled(example_pallet, tmp_path):
-    """A process compiles the engine and leaves it in the cache folder; the next loads it compiled
-    (no tracing, no lowering) and computes the same CLs; a damaged file is compiled again and
-    replaced. No process imports all of scipy.linalg for the engine's LAPACK."""
+    """A process compiles the engine and leaves it in the cache folder (removing the engines no one
+    used for `UNUSED_DAYS`); the next loads it compiled (no tracing, no lowering) and computes the
+    same CLs; a damaged file is compiled again and replaced. No process imports all of
+    scipy.linalg for the engine's LAPACK."""
     env = {"FAASCTL_JAX_CACHE": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": None}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAASCTL_JAX_CACHE", str(tmp_path))
+        folder = jax_backend.engine_cache_dir()
+    folder.mkdir(parents=True)
+    unused, recent = folder / "hypotest-unused.bin", folder / "hypotest-recent.bin"
+    for old, days in ((unused, jax_backend.UNUSED_DAYS + 1), (recent, jax_backend.UNUSED_DAYS - 1)):
+        old.write_bytes(b"an engine of another release")
+        os.utime(old, (time.time() - days * 86400,) * 2)
     first = _engine_probe(example_pallet, **env)
     assert (first["status"], first["compiled"], first["traces"], first["loads"]) == ("ok", True, 1, 0)
-    assert len(first["files"]) == 1 and first["files"][0].startswith("hypotest-")
+    assert recent.exists() and not unused.exists(), "engines unused for UNUSED_DAYS are removed"
+    recent.unlink()
+    [kept] = [name for name in first["files"] if name != recent.name]
+    assert kept.startswith("hypotest-") and kept.endswith(".bin")
     second = _engine_probe(example_pallet, **env)
     assert (second["status"], second["compiled"], second["traces"], second["loads"]) == ("ok", True, 0, 1)
-    assert second["cls_obs"] == first["cls_obs"] and second["files"] == first["files"]
-    [kept] = (tmp_path).glob("*/hypotest-*.bin")
-    kept.write_bytes(kept.read_bytes()[:1000])
+    assert second["cls_obs"] == first["cls_obs"] and second["files"] == [kept]
+    (folder / kept).write_bytes((folder / kept).read_bytes()[:1000])
     damaged = _engine_probe(example_pallet, **env)
     assert (damaged["traces"], damaged["loads"], damaged["cls_obs"]) == (1, 0, first["cls_obs"])
     assert _engine_probe(example_pallet, **env)["loads"] == 1, "the damaged file was replaced"

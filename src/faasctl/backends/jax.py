@@ -594,6 +594,10 @@ def _load_engine(path: Path) -> Any | None:
         log.info("compiled engine %s not usable, compiling it: %s", path, err)
         return None
     LOADS["hypotest"] += 1
+    try:
+        os.utime(path)  # used: kept by `_prune`
+    except OSError:
+        pass
     return engine
 
 
@@ -615,7 +619,25 @@ def _compile_engine(args: tuple, path: Path | None) -> Any:
         log.info("compiled engine not kept in %s: %s", path.parent, err)
         if part is not None:
             Path(part.name).unlink(missing_ok=True)
+    else:
+        _prune(path.parent)
     return engine
+
+
+#: Days an engine on disk is kept unused: each faasctl or JAX version, model layout and CPU type
+#: leaves one (~1 MB), and nothing else would remove those no release uses any more.
+UNUSED_DAYS = 30
+
+
+def _prune(folder: Path) -> None:
+    """Remove the engines in ``folder`` that no process loaded or made for `UNUSED_DAYS`."""
+    oldest = time.time() - UNUSED_DAYS * 86400
+    for old in folder.glob("hypotest-*"):
+        try:
+            if old.stat().st_mtime < oldest:
+                old.unlink()
+        except OSError:  # removed meanwhile, or not ours to remove
+            pass
 
 
 def prepare(arrays: ModelArrays) -> Prepared:
