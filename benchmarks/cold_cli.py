@@ -7,12 +7,13 @@ For each pallet (default: 1Lbb and staus from ../shared/pallets, and examples/si
   ``serial`` is that times the number of patches: what plain pyhf would take on one core;
 * **pyhf jax**: pyhf's own jax backend, the same test (what a user would pick instead), per patch
   after its first;
-* **faasctl fit**: the process wall of ``faasctl fit PALLET --workers N --timeline`` in a subprocess
-  (interpreter start to exit), first with an empty engine cache (*cold*: the workers compile) and
-  then again with the compiled engine it left (*warm*, what every later run gets), with the time to the first result
-  and the breakdown the run wrote to timeline.json: imports, pallet read, engine start, worker
-  import, compile, fits, tail; and whether every CLs agrees with the committed pyhf reference
-  (tests/data/reference/<pallet>.json) where there is one.
+* **faasctl fit**: the process wall of ``faasctl fit PALLET --workers N --timeline`` (the console
+  script, as users run it) in a subprocess (interpreter start to exit), first with an empty engine
+  cache (*cold*: the workers compile) and then again with the compiled engine it left (*warm*, what
+  every later run gets), with the time to the first result and the breakdown the run wrote to
+  timeline.json: imports, pallet read, engine start, worker import, compile, fits, tail; and
+  whether every CLs agrees with the committed pyhf reference (tests/data/reference/<pallet>.json)
+  where there is one.
 
 ``--slurm`` adds the warm run through direct mode on the ``slurm`` site (.ci/slurm-up.sh).
 ``--device gpu`` runs the workers' JAX on the GPU (``JAX_PLATFORMS=cuda``, one worker per GPU
