@@ -534,6 +534,39 @@ def test_engine_is_compiled_once_then_loaded_compiled(example_pallet, tmp_path):
     assert not any(p["linalg"] for p in (first, second, damaged))
 
 
+PRELOAD_PROBE = """
+import json, sys
+from faasctl.scan import worker
+from faasctl.backends import jax as jax_backend
+worker.warm_up("jax")  # what a local worker does before its first task
+loaded = jax_backend.LOADS["hypotest"]
+""" + ENGINE_PROBE.replace("import json, sys\n", "").replace(
+    'print(json.dumps({', 'print(json.dumps({"preloaded": loaded, ')
+
+
+def test_local_worker_preloads_the_engine_used_last(example_pallet, tmp_path):
+    """A worker's warm-up loads the newest engine on disk when this code would have made it (its name
+    is its key): the first task then fits with it, loading nothing; a file of another key is not loaded."""
+    env = {**os.environ, "FAASCTL_JAX_CACHE": str(tmp_path)}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+
+    def probe() -> dict:
+        out = subprocess.run([sys.executable, "-c", PRELOAD_PROBE, str(example_pallet)], capture_output=True,
+                             text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    cold = probe()
+    assert (cold["preloaded"], cold["traces"], cold["compiled"]) == (0, 1, True)
+    warm = probe()
+    assert (warm["preloaded"], warm["loads"], warm["traces"], warm["compiled"]) == (1, 1, 0, False)
+    assert warm["cls_obs"] == cold["cls_obs"]
+    [stored] = tmp_path.glob("*/hypotest-*.bin")
+    stored.rename(stored.with_name("hypotest-of-another-release.bin"))
+    foreign = probe()
+    assert (foreign["preloaded"], foreign["traces"], foreign["cls_obs"]) == (0, 1, cold["cls_obs"])
+
+
 def test_engine_cache_is_harmless_when_unusable(example_pallet, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -82,7 +82,7 @@ from faasctl.pallets.load import Patch
 from faasctl.pallets.patching import apply_patch
 
 __all__ = ["JaxBackend", "FitNotConverged", "backend", "TRACES", "LOADS", "cls_from_teststats", "start_runtime",
-           "engine_cache_dir"]
+           "engine_cache_dir", "preload_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -548,9 +548,8 @@ def _engine(args: tuple) -> Any:
     if engine is None:
         folder = engine_cache_dir()
         path = folder / f"hypotest-{_engine_key(layout)}.bin" if folder else None
-        engine = _load_engine(path) if path and _initialize_lapack() else None
-        if engine is None:
-            engine = _compile_engine(args, path)
+        loaded = _load_engine(path, layout) if path and _initialize_lapack() else None
+        engine = loaded[1] if loaded is not None else _compile_engine(args, layout, path)
         _ENGINES[layout] = engine
     return engine
 
@@ -580,8 +579,10 @@ def _engine_key(layout: tuple) -> str:
     return hashlib.sha256("\n".join(parts).encode() + code).hexdigest()[:32]
 
 
-def _load_engine(path: Path) -> Any | None:
-    """The engine compiled in ``path``, or None (no such file, or one this process cannot use)."""
+def _load_engine(path: Path, layout: tuple | None = None) -> tuple[tuple, Any] | None:
+    """The layout and engine compiled in ``path``, or None: no such file, one this process cannot
+    use, one for another layout than ``layout``, or (without ``layout``) one this process would
+    not have made (another release, CPU type or flags: its name is not its key)."""
     from jax.experimental import serialize_executable
 
     try:
@@ -589,20 +590,43 @@ def _load_engine(path: Path) -> Any | None:
     except OSError:
         return None
     try:
-        engine = serialize_executable.deserialize_and_load(*pickle.loads(data))  # noqa: S301 - the user's own cache
+        stored, *serialized = pickle.loads(data)  # noqa: S301 - the user's own cache
+        if stored != (layout or stored) or path.name != f"hypotest-{_engine_key(stored)}.bin":
+            return None
+        engine = serialize_executable.deserialize_and_load(*serialized)
     except Exception as err:  # noqa: BLE001 - then it is compiled again
         log.info("compiled engine %s not usable, compiling it: %s", path, err)
         return None
     LOADS["hypotest"] += 1
     try:
-        os.utime(path)  # used: kept by `_prune`
+        os.utime(path)  # used: kept by `_prune`, and the newest is preloaded (`preload_engine`)
     except OSError:
         pass
-    return engine
+    return stored, engine
 
 
-def _compile_engine(args: tuple, path: Path | None) -> Any:
-    """`_hypotest` compiled for ``args``, and left in ``path`` (where writable) for later processes."""
+def preload_engine() -> None:
+    """Load the engine this machine used last, before a task asks for one (a local worker's warm-up).
+
+    A scan's patches share one layout, and the same pallet is often scanned again: its first
+    task then finds the engine loaded, while the client was still reading the pallet. Where the
+    newest file is for another layout, the first task loads or compiles its own as without this.
+    """
+    folder = engine_cache_dir()
+    if folder is None or not _initialize_lapack():
+        return
+    try:
+        newest = max(folder.glob("hypotest-*.bin"), key=lambda f: f.stat().st_mtime)
+    except (ValueError, OSError):  # none, or one removed meanwhile
+        return
+    with jax.enable_x64(True):
+        loaded = _load_engine(newest)
+    if loaded is not None:
+        _ENGINES.setdefault(*loaded)
+
+
+def _compile_engine(args: tuple, layout: tuple, path: Path | None) -> Any:
+    """`_hypotest` compiled for ``args`` (of ``layout``), and left in ``path`` (where writable) for later processes."""
     from jax.experimental import serialize_executable
 
     engine = _jit_hypotest.lower(*args).compile()
@@ -610,7 +634,7 @@ def _compile_engine(args: tuple, path: Path | None) -> Any:
         return engine
     part = None
     try:
-        data = pickle.dumps(serialize_executable.serialize(engine))
+        data = pickle.dumps((layout, *serialize_executable.serialize(engine)))
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".part", delete=False) as part:
             part.write(data)

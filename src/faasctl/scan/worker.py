@@ -111,11 +111,16 @@ def mark_ready(released: float | None = None) -> None:
 
 
 def warm_up(backend: str) -> None:
-    """Import ``backend`` and start its runtime, so the first task does not pay for it."""
+    """Import ``backend`` and start its runtime, so the first task does not pay for it; the jax
+    backend also loads the engine this machine used last (`faasctl.backends.jax.preload_engine`)."""
     from faasctl.backends import get_backend
 
     try:
-        get_backend(backend)  # the jax backend starts JAX's runtime (`faasctl.backends.jax.start_runtime`)
+        # the jax backend starts JAX's runtime (`faasctl.backends.jax.start_runtime`)
+        if get_backend(backend).name == "jax":
+            from faasctl.backends.jax import preload_engine
+
+            preload_engine()
     except Exception as err:  # noqa: BLE001 - the first task reports it as a failed fit
         log.warning("warming up backend %s failed: %s", backend, err)
 
